@@ -1,0 +1,136 @@
+//! Authentication and authorization. A key arrives as `Authorization: Bearer <key>` or
+//! `X-Api-Key: <key>`; it is hashed and looked up on every request, so a revocation written
+//! by any replica holds on every replica at once. `last_used_at` is noted in memory and
+//! written in batches (see [`crate::state::LastUsed`]).
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use chrono::Utc;
+use uuid::Uuid;
+
+use agentq_shared::audit::{Actor, RequestMeta};
+use agentq_shared::ids::{AgentId, TeamId};
+use agentq_shared::keys::{self, ApiKey};
+use agentq_shared::scopes::{Scope, ScopeSet};
+
+use crate::context::RequestContext;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Auth {
+    /// The key as stored.
+    pub key: Arc<ApiKey>,
+    /// Its scopes, parsed.
+    pub scopes: ScopeSet,
+    ctx: Arc<RequestContext>,
+}
+
+impl Auth {
+    /// The caller's team; every query filters on it.
+    pub fn team_id(&self) -> TeamId {
+        self.key.team_id
+    }
+
+    /// Refuses with 403 `insufficient_scope` unless the key holds `scope`.
+    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+        if self.scopes.grants(scope) {
+            Ok(())
+        } else {
+            Err(ApiError::insufficient_scope(scope))
+        }
+    }
+
+    /// Whether the key may act on this agent (keys may be limited to some agents).
+    pub fn can_access_agent(&self, agent: AgentId) -> bool {
+        self.key.agent_ids.is_empty() || self.key.agent_ids.contains(&agent.0)
+    }
+
+    /// The agents the key is limited to; `None` when it is not limited.
+    pub fn agent_restriction(&self) -> Option<&[Uuid]> {
+        (!self.key.agent_ids.is_empty()).then_some(&self.key.agent_ids[..])
+    }
+
+    /// The audit actor for this caller.
+    pub fn actor(&self) -> Actor {
+        Actor::ApiKey(self.key.id)
+    }
+
+    /// Request id and IP for audit entries.
+    pub fn meta(&self) -> RequestMeta<'_> {
+        RequestMeta {
+            request_id: Some(&self.ctx.request_id),
+            ip: self.ctx.ip.as_deref(),
+        }
+    }
+}
+
+fn presented_key(parts: &Parts) -> Option<&str> {
+    if let Some(v) = parts
+        .headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let v = v.trim();
+        let (scheme, rest) = v.split_once(' ').unwrap_or((v, ""));
+        if scheme.eq_ignore_ascii_case("bearer") {
+            return Some(rest.trim());
+        }
+    }
+    parts
+        .headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let ctx = parts
+            .extensions
+            .get::<Arc<RequestContext>>()
+            .cloned()
+            .ok_or_else(|| ApiError::internal("request context layer is missing"))?;
+        let Some(secret) = presented_key(parts).filter(|k| !k.is_empty()) else {
+            return Err(ApiError::unauthorized(
+                "api_key_missing",
+                "An API key is required: send Authorization: Bearer <key> or X-Api-Key: <key>.",
+            ));
+        };
+        let invalid = || ApiError::unauthorized("api_key_invalid", "Invalid API key.");
+        if !keys::looks_like_key(secret) {
+            return Err(invalid());
+        }
+        let key = keys::find_by_secret(&state.db, secret)
+            .await?
+            .ok_or_else(invalid)?;
+        if key.revoked_at.is_some() {
+            return Err(ApiError::unauthorized(
+                "api_key_revoked",
+                "This API key has been revoked.",
+            ));
+        }
+        let now = Utc::now();
+        if key.expires_at.is_some_and(|t| t <= now) {
+            return Err(ApiError::unauthorized(
+                "api_key_expired",
+                "This API key has expired.",
+            ));
+        }
+        // Stored scopes were validated on write; an unknown one (a newer version's) grants nothing.
+        let scopes = ScopeSet::new(key.scopes.iter().filter_map(|s| s.parse().ok()));
+        let _ = ctx.key_id.set(key.id);
+        state.last_used.note(key.id, now);
+        Ok(Auth {
+            key: Arc::new(key),
+            scopes,
+            ctx,
+        })
+    }
+}

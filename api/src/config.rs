@@ -1,0 +1,31 @@
+//! API settings.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use agentq_shared::config::StoreConfig;
+
+/// Everything `agentq api` needs to start.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// Postgres and Redis.
+    pub store: StoreConfig,
+    /// Address to listen on (port 0 picks one).
+    pub listen: SocketAddr,
+    /// Largest accepted request body, in bytes (`AGENTQ_BODY_LIMIT`, default 1 MiB).
+    pub body_limit: usize,
+    /// How often key uses are written to `last_used_at`.
+    pub last_used_flush: Duration,
+}
+
+impl ApiConfig {
+    /// Defaults around the given stores and address.
+    pub fn new(store: StoreConfig, listen: SocketAddr) -> Self {
+        Self {
+            store,
+            listen,
+            body_limit: 1024 * 1024,
+            last_used_flush: Duration::from_secs(10),
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! The one error type of the HTTP API and the envelope it renders:
+//! `{"message", "error", "code", "statusCode", "request_id"}`. Handlers return
+//! `Result<_, ApiError>`; responses that axum or tower make on their own (405, 413, panics)
+//! are rewritten into the same envelope by the request-context middleware.
+
+use std::borrow::Cow;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+use crate::context::current_request_id;
+
+/// Marks a response whose body already is the envelope.
+#[derive(Clone, Copy)]
+pub(crate) struct Enveloped;
+
+/// An error answered to a client.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: Cow<'static, str>,
+    message: String,
+    retry_after: Option<u64>,
+    details: Option<Value>,
+}
+
+impl ApiError {
+    /// Any status, code and message.
+    pub fn new(
+        status: StatusCode,
+        code: impl Into<Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            code: code.into(),
+            message: message.into(),
+            retry_after: None,
+            details: None,
+        }
+    }
+
+    /// 404 `not_found`, e.g. `not_found("API key")` → "API key not found".
+    pub fn not_found(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
+    }
+
+    /// 400 `validation_failed`.
+    pub fn validation(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "validation_failed", message)
+    }
+
+    /// 400 `validation_failed` naming the field at fault.
+    pub fn invalid_field(field: &str, problem: impl std::fmt::Display) -> Self {
+        Self::validation(format!("{field}: {problem}"))
+            .with_details(json!({"field": field, "problem": problem.to_string()}))
+    }
+
+    /// 401 with one of the `api_key_*` codes.
+    pub fn unauthorized(code: &'static str, message: &str) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, code, message)
+    }
+
+    /// 403 `insufficient_scope`, naming the scope (seed 003's message).
+    pub fn insufficient_scope(scope: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            format!("This API key is missing the required scope: {scope}."),
+        )
+    }
+
+    /// 409 with a specific code.
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message)
+    }
+
+    /// 500; the cause is logged here, the client only sees the request id.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "Something went wrong on our side; quote the request id if you report it.",
+        )
+    }
+
+    /// 503 with retry guidance.
+    pub fn unavailable(code: &'static str, message: impl Into<String>, retry_after: u64) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message).with_retry_after(retry_after)
+    }
+
+    /// Adds `Retry-After` (seconds).
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    /// Adds a `details` member to the envelope.
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+
+    /// The status it answers with.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The generic error for a status that axum or tower produced without a body we know.
+    pub(crate) fn from_status(status: StatusCode) -> Self {
+        let (code, message) = match status {
+            StatusCode::NOT_FOUND => ("not_found", "No such route"),
+            StatusCode::METHOD_NOT_ALLOWED => {
+                ("method_not_allowed", "Method not allowed on this route")
+            }
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                ("payload_too_large", "Request body is larger than the limit")
+            }
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+                "unsupported_media_type",
+                "Content-Type must be application/json",
+            ),
+            StatusCode::REQUEST_TIMEOUT => ("request_timeout", "The request took too long"),
+            StatusCode::INTERNAL_SERVER_ERROR => (
+                "internal_error",
+                "Something went wrong on our side; quote the request id if you report it.",
+            ),
+            s if s.is_client_error() => ("bad_request", "The request could not be handled"),
+            _ => (
+                "internal_error",
+                "Something went wrong on our side; quote the request id if you report it.",
+            ),
+        };
+        Self::new(status, code, message)
+    }
+
+    /// The envelope for this error under `request_id`.
+    pub(crate) fn envelope(&self, request_id: &str) -> Value {
+        let mut body = json!({
+            "message": self.message,
+            "error": self.status.canonical_reason().unwrap_or("Error"),
+            "code": self.code,
+            "statusCode": self.status.as_u16(),
+            "request_id": request_id,
+        });
+        if let Some(d) = &self.details {
+            body["details"] = d.clone();
+        }
+        body
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let request_id = current_request_id().unwrap_or_default();
+        let mut resp = (self.status, axum::Json(self.envelope(&request_id))).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp.extensions_mut().insert(Enveloped);
+        resp
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::PoolTimedOut => {
+                tracing::warn!(error = %e, "database pool exhausted");
+                ApiError::unavailable(
+                    "database_unavailable",
+                    "The database is busy or unreachable; retry shortly.",
+                    2,
+                )
+            }
+            _ => ApiError::internal(format!("database: {e}")),
+        }
+    }
+}
+
+impl From<agentq_shared::pagination::CursorError> for ApiError {
+    fn from(e: agentq_shared::pagination::CursorError) -> Self {
+        ApiError::validation(e.to_string())
+    }
+}

@@ -1,0 +1,133 @@
+//! The agentq HTTP API (`agentq api`). [`App::build`] binds the listener and connects the
+//! stores; [`App::run_until_stopped`] serves until the shutdown future resolves. `main` and
+//! the tests use the very same builder.
+#![warn(missing_docs)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
+
+pub mod auth;
+pub mod config;
+pub mod context;
+pub mod error;
+pub mod extract;
+pub mod state;
+
+mod audit_logs;
+mod health;
+mod keys;
+
+use agentq_shared::redis_conn::{self, Keys};
+pub use config::ApiConfig;
+use error::ApiError;
+use state::{AppState, LastUsed};
+
+/// Why the API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Postgres refused or was unreachable.
+    #[error("cannot connect to Postgres (DATABASE_URL): {0}")]
+    Database(#[from] sqlx::Error),
+    /// Redis refused or was unreachable.
+    #[error("cannot connect to Redis (REDIS_URL): {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A built, not yet serving, API.
+pub struct App {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl App {
+    /// Connects to Postgres and Redis and binds the listener.
+    pub async fn build(config: ApiConfig) -> Result<Self, StartError> {
+        // Install the recorder before the first request records anything.
+        agentq_shared::telemetry::metrics_handle();
+        let db =
+            agentq_shared::db::connect(&config.store.database_url, config.store.db_max_connections)
+                .await?;
+        let redis = redis_conn::connect(&config.store.redis_url).await?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let state = AppState {
+            db,
+            redis,
+            keys: Keys::new(config.store.redis_prefix.clone()),
+            config: Arc::new(config),
+            last_used: Arc::new(LastUsed::default()),
+        };
+        Ok(Self { listener, state })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound TCP listener always has a local address")
+    }
+
+    /// Serves until `shutdown` resolves, then finishes in-flight requests and writes the
+    /// pending key uses.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let state = self.state.clone();
+        let flusher = tokio::spawn(
+            state
+                .last_used
+                .clone()
+                .run(state.db.clone(), state.config.last_used_flush),
+        );
+        tracing::info!(addr = %self.local_addr(), "api listening");
+        let app = router(self.state);
+        let result = axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await;
+        flusher.abort();
+        state.last_used.flush(&state.db).await;
+        result
+    }
+}
+
+/// Every route, with the layers that give each response its request id and envelope.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.body_limit;
+    let v1 = Router::new()
+        .merge(keys::routes())
+        .merge(audit_logs::routes());
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .nest("/api/v1", v1)
+        .fallback(|| async { ApiError::from_status(axum::http::StatusCode::NOT_FOUND) })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(CatchPanicLayer::new())
+        .layer(axum::middleware::from_fn(context::request_context))
+        .with_state(state)
+}

@@ -1,0 +1,74 @@
+//! What every handler shares: the pools, the config, and the last-used tracker.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use redis::aio::ConnectionManager;
+use sqlx::PgPool;
+
+use agentq_shared::ids::ApiKeyId;
+use agentq_shared::keys;
+use agentq_shared::redis_conn::Keys;
+
+use crate::config::ApiConfig;
+
+/// Shared handler state; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// Postgres pool.
+    pub db: PgPool,
+    /// Redis connection (multiplexed, reconnecting).
+    pub redis: ConnectionManager,
+    /// Redis key names.
+    pub keys: Keys,
+    /// Settings.
+    pub config: Arc<ApiConfig>,
+    /// Key uses waiting to be written.
+    pub last_used: Arc<LastUsed>,
+}
+
+/// Remembers the latest use of each key in memory so that authentication never writes to
+/// the database; [`LastUsed::flush`] writes them all in one statement.
+#[derive(Default)]
+pub struct LastUsed {
+    pending: Mutex<HashMap<ApiKeyId, DateTime<Utc>>>,
+}
+
+impl LastUsed {
+    /// Notes a use.
+    pub fn note(&self, key: ApiKeyId, at: DateTime<Utc>) {
+        // A poisoned lock only means another request panicked mid-insert; the map is still usable.
+        let mut map = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(key, at);
+    }
+
+    /// Writes every noted use; uses that fail to write are kept for the next flush.
+    pub async fn flush(&self, db: &PgPool) {
+        let batch: Vec<(ApiKeyId, DateTime<Utc>)> = {
+            let mut map = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            map.drain().collect()
+        };
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = keys::touch_last_used(db, &batch).await {
+            tracing::warn!(error = %e, keys = batch.len(), "could not write last_used_at; will retry");
+            let mut map = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            for (k, t) in batch {
+                map.entry(k).and_modify(|v| *v = (*v).max(t)).or_insert(t);
+            }
+        }
+    }
+
+    /// Flushes every `every` until the process ends.
+    pub async fn run(self: Arc<Self>, db: PgPool, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.flush(&db).await;
+        }
+    }
+}

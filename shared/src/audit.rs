@@ -1,0 +1,158 @@
+//! The audit log: who did what to which object, from where. Append-only; the database
+//! refuses UPDATE, DELETE and TRUNCATE on the table (see the first migration).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgExecutor;
+
+use crate::ids::{ApiKeyId, AuditLogId, TeamId};
+use crate::pagination::{Cursor, Page};
+
+/// Who acted.
+#[derive(Clone, Copy, Debug)]
+pub enum Actor {
+    /// A request authenticated with this key.
+    ApiKey(ApiKeyId),
+    /// The operator, through the `agentq` CLI.
+    Cli,
+    /// agentq itself (scheduler, worker).
+    System,
+}
+
+impl Actor {
+    /// The key id, when a key acted.
+    pub fn key_id(self) -> Option<ApiKeyId> {
+        match self {
+            Actor::ApiKey(id) => Some(id),
+            _ => None,
+        }
+    }
+
+    fn kind(self) -> &'static str {
+        match self {
+            Actor::ApiKey(_) => "api_key",
+            Actor::Cli => "cli",
+            Actor::System => "system",
+        }
+    }
+}
+
+/// Where an action came from, when it came through HTTP.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestMeta<'a> {
+    /// The request id (also in `X-Request-Id`).
+    pub request_id: Option<&'a str>,
+    /// The client's IP address.
+    pub ip: Option<&'a str>,
+}
+
+/// One entry to append.
+pub struct AuditEntry<'a> {
+    /// Team the target belongs to.
+    pub team_id: TeamId,
+    /// Who acted.
+    pub actor: Actor,
+    /// Dotted action name, e.g. `api_key.revoked`.
+    pub action: &'a str,
+    /// Kind of object acted on.
+    pub target_type: &'a str,
+    /// Its id.
+    pub target_id: String,
+    /// Request origin.
+    pub meta: RequestMeta<'a>,
+    /// Anything else worth keeping.
+    pub details: serde_json::Value,
+}
+
+/// Appends one entry; run it in the transaction of the change it records.
+pub async fn record(db: impl PgExecutor<'_>, e: AuditEntry<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO audit_logs (id, team_id, actor_type, actor_key_id, action, target_type, target_id, request_id, ip, details)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(AuditLogId::new())
+    .bind(e.team_id)
+    .bind(e.actor.kind())
+    .bind(e.actor.key_id())
+    .bind(e.action)
+    .bind(e.target_type)
+    .bind(e.target_id)
+    .bind(e.meta.request_id)
+    .bind(e.meta.ip)
+    .bind(e.details)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// An audit entry as listed.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct AuditLog {
+    /// Entry id.
+    pub id: AuditLogId,
+    /// `api_key`, `cli` or `system`.
+    pub actor_type: String,
+    /// The acting key, if any.
+    pub actor_key_id: Option<ApiKeyId>,
+    /// Action name.
+    pub action: String,
+    /// Kind of target.
+    pub target_type: Option<String>,
+    /// Target id.
+    pub target_id: Option<String>,
+    /// Request id.
+    pub request_id: Option<String>,
+    /// Client IP.
+    pub ip: Option<String>,
+    /// Details.
+    pub details: serde_json::Value,
+    /// When.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Filters for listing the audit log.
+#[derive(Debug, Default)]
+pub struct AuditFilter {
+    /// Exact action.
+    pub action: Option<String>,
+    /// Acting key.
+    pub actor: Option<ApiKeyId>,
+    /// Exact target id.
+    pub target: Option<String>,
+    /// From this time (inclusive).
+    pub from: Option<DateTime<Utc>>,
+    /// Up to this time (exclusive).
+    pub to: Option<DateTime<Utc>>,
+}
+
+/// A team's audit entries, newest first.
+pub async fn list(
+    db: impl PgExecutor<'_>,
+    team_id: TeamId,
+    f: &AuditFilter,
+    cursor: &Cursor,
+) -> Result<Page<AuditLog>, sqlx::Error> {
+    let rows: Vec<AuditLog> = sqlx::query_as(
+        "SELECT id, actor_type, actor_key_id, action, target_type, target_id, request_id, ip, details, created_at
+         FROM audit_logs
+         WHERE team_id = $1
+           AND ($2::text IS NULL OR action = $2)
+           AND ($3::uuid IS NULL OR actor_key_id = $3)
+           AND ($4::text IS NULL OR target_id = $4)
+           AND ($5::timestamptz IS NULL OR created_at >= $5)
+           AND ($6::timestamptz IS NULL OR created_at < $6)
+           AND ($7::uuid IS NULL OR id < $7)
+         ORDER BY id DESC LIMIT $8",
+    )
+    .bind(team_id)
+    .bind(&f.action)
+    .bind(f.actor)
+    .bind(&f.target)
+    .bind(f.from)
+    .bind(f.to)
+    .bind(cursor.after)
+    .bind(cursor.fetch_limit())
+    .fetch_all(db)
+    .await?;
+    Ok(cursor.page(rows, |r| r.id.0))
+}

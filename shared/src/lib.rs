@@ -1,0 +1,15 @@
+//! What two or more agentq roles need: ids, scopes, API keys, config, Postgres and Redis
+//! wiring, the audit log. It never depends on axum: the API, the worker, the scheduler and
+//! the CLI all build on it.
+#![warn(missing_docs)]
+
+pub mod audit;
+pub mod config;
+pub mod db;
+pub mod ids;
+pub mod keys;
+pub mod pagination;
+pub mod redis_conn;
+pub mod scopes;
+pub mod teams;
+pub mod telemetry;

@@ -1,0 +1,266 @@
+//! What each subcommand does: build configs from the arguments and call the crates.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use agentq_api::{ApiConfig, App};
+use agentq_scheduler::SchedulerConfig;
+use agentq_shared::audit::{Actor, RequestMeta};
+use agentq_shared::config::{validate_database_url, StoreConfig};
+use agentq_shared::ids::ApiKeyId;
+use agentq_shared::keys::{self, KeySpec, Lifetime, Revoked};
+use agentq_shared::pagination::Cursor;
+use agentq_shared::scopes::ScopeSet;
+use agentq_shared::{db, teams as team_db};
+use agentq_worker::WorkerConfig;
+
+use super::args::{AllArgs, ApiArgs, KeysCommand, StoreArgs, TeamsCommand, WorkerArgs};
+use super::Failure;
+use agentq_shared::config::ConfigError;
+
+fn store_config(s: &StoreArgs) -> Result<StoreConfig, ConfigError> {
+    StoreConfig::new(
+        s.database_url.clone(),
+        s.redis_url.clone(),
+        s.redis_prefix.clone(),
+        s.db_max_connections,
+    )
+}
+
+async fn migrated_pool(s: &StoreArgs) -> Result<sqlx::PgPool, Failure> {
+    let url = validate_database_url(s.database_url.clone())?;
+    let pool = db::connect(&url, 2)
+        .await
+        .context("cannot connect to Postgres (DATABASE_URL)")?;
+    db::migrate(&pool).await.context("migrations failed")?;
+    Ok(pool)
+}
+
+pub(crate) async fn migrate(s: &StoreArgs) -> Result<(), Failure> {
+    migrated_pool(s).await?;
+    tracing::info!("migrations applied");
+    Ok(())
+}
+
+/// A receiver that flips to true on SIGINT or SIGTERM.
+fn shutdown_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutdown requested");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+fn api_config(store: StoreConfig, args: &ApiArgs) -> Result<ApiConfig, ConfigError> {
+    if args.body_limit == 0 {
+        return Err(ConfigError::invalid(
+            "AGENTQ_BODY_LIMIT",
+            "must be at least 1 byte",
+        ));
+    }
+    let mut config = ApiConfig::new(store, args.listen);
+    config.body_limit = args.body_limit;
+    config.last_used_flush = Duration::from_secs(args.last_used_flush_seconds.max(1));
+    Ok(config)
+}
+
+fn worker_config(store: StoreConfig, args: &WorkerArgs) -> Result<WorkerConfig, ConfigError> {
+    if args.concurrency == 0 {
+        return Err(ConfigError::invalid(
+            "AGENTQ_WORKER_CONCURRENCY",
+            "must be at least 1",
+        ));
+    }
+    Ok(WorkerConfig {
+        store,
+        concurrency: args.concurrency,
+    })
+}
+
+pub(crate) async fn serve_api(s: &StoreArgs, args: ApiArgs) -> Result<(), Failure> {
+    let config = api_config(store_config(s)?, &args)?;
+    let app = App::build(config).await?;
+    app.run_until_stopped(stopped(shutdown_signal())).await?;
+    Ok(())
+}
+
+pub(crate) async fn serve_worker(s: &StoreArgs, args: WorkerArgs) -> Result<(), Failure> {
+    let config = worker_config(store_config(s)?, &args)?;
+    agentq_worker::run(config, stopped(shutdown_signal())).await?;
+    Ok(())
+}
+
+pub(crate) async fn serve_scheduler(s: &StoreArgs) -> Result<(), Failure> {
+    let config = SchedulerConfig {
+        store: store_config(s)?,
+    };
+    agentq_scheduler::run(config, stopped(shutdown_signal())).await?;
+    Ok(())
+}
+
+pub(crate) async fn serve_all(s: &StoreArgs, args: AllArgs) -> Result<(), Failure> {
+    let store = store_config(s)?;
+    let api = api_config(store.clone(), &args.api)?;
+    let worker = worker_config(store.clone(), &args.worker)?;
+    let scheduler = SchedulerConfig { store };
+    migrated_pool(s).await?;
+    let rx = shutdown_signal();
+    let app = App::build(api).await?;
+    let (a, w, sch) = tokio::join!(
+        app.run_until_stopped(stopped(rx.clone())),
+        agentq_worker::run(worker, stopped(rx.clone())),
+        agentq_scheduler::run(scheduler, stopped(rx.clone())),
+    );
+    a?;
+    w?;
+    sch?;
+    Ok(())
+}
+
+pub(crate) async fn teams(s: &StoreArgs, cmd: TeamsCommand) -> Result<(), Failure> {
+    let pool = migrated_pool(s).await?;
+    match cmd {
+        TeamsCommand::Create { name } => {
+            let name = name.trim();
+            if name.is_empty() || name.chars().count() > 200 {
+                return Err(anyhow!("team name must be 1 to 200 characters").into());
+            }
+            let team = match team_db::create(&pool, name).await? {
+                Some(t) => t,
+                None => {
+                    eprintln!("team '{name}' already exists");
+                    team_db::by_name(&pool, name)
+                        .await?
+                        .ok_or_else(|| anyhow!("team '{name}' vanished while reading it"))?
+                }
+            };
+            println!("{}", team.id);
+        }
+        TeamsCommand::List => {
+            for t in team_db::list(&pool).await? {
+                println!("{}\t{}\t{}", t.id, t.name, t.created_at.to_rfc3339());
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn team_named(pool: &sqlx::PgPool, name: &str) -> Result<team_db::Team, Failure> {
+    team_db::by_name(pool, name).await?.ok_or_else(|| {
+        anyhow!("no team named '{name}'; create it with: agentq teams create '{name}'").into()
+    })
+}
+
+pub(crate) async fn keys(s: &StoreArgs, cmd: KeysCommand) -> Result<(), Failure> {
+    let pool = migrated_pool(s).await?;
+    match cmd {
+        KeysCommand::Create {
+            team,
+            name,
+            scopes,
+            agents,
+            expires,
+        } => {
+            let team = team_named(&pool, &team).await?;
+            let parts: Vec<&str> = scopes
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .collect();
+            if parts.is_empty() {
+                return Err(anyhow!("--scopes must name at least one scope, or all").into());
+            }
+            let scopes = ScopeSet::parse(&parts).map_err(|e| anyhow!("--scopes: {e}"))?;
+            let lifetime: Lifetime = expires
+                .parse()
+                .map_err(|e: String| anyhow!("--expires: {e}"))?;
+            let name = name.trim();
+            if name.is_empty() || name.chars().count() > 200 {
+                return Err(anyhow!("--name must be 1 to 200 characters").into());
+            }
+            let spec = KeySpec {
+                team_id: team.id,
+                name,
+                scopes: &scopes,
+                agent_ids: &agents,
+                lifetime,
+            };
+            let (row, secret) =
+                keys::create(&pool, spec, Actor::Cli, RequestMeta::default()).await?;
+            eprintln!(
+                "created key {} ({}) for team '{}'; it is shown only once:",
+                row.id, row.prefix, team.name
+            );
+            println!("{secret}");
+        }
+        KeysCommand::List { team } => {
+            let team = team_named(&pool, &team).await?;
+            let mut cursor = Cursor::new(Some(200), None).map_err(|e| anyhow!(e))?;
+            println!("id\tname\tprefix\tscopes\tagents\tcreated_at\texpires_at\tlast_used_at\trevoked_at");
+            loop {
+                let page = keys::list(&pool, team.id, &cursor).await?;
+                for k in &page.data {
+                    let t = |v: Option<chrono::DateTime<chrono::Utc>>| {
+                        v.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into())
+                    };
+                    let agents: Vec<String> = k.agent_ids.iter().map(|a| a.to_string()).collect();
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                        k.id,
+                        k.name,
+                        k.prefix,
+                        k.scopes.join(","),
+                        if agents.is_empty() {
+                            "*".into()
+                        } else {
+                            agents.join(",")
+                        },
+                        k.created_at.to_rfc3339(),
+                        t(k.expires_at),
+                        t(k.last_used_at),
+                        t(k.revoked_at)
+                    );
+                }
+                match page.next_cursor {
+                    Some(c) => cursor = Cursor::new(Some(200), Some(&c)).map_err(|e| anyhow!(e))?,
+                    None => break,
+                }
+            }
+        }
+        KeysCommand::Revoke { key_id } => {
+            match keys::revoke(
+                &pool,
+                None,
+                ApiKeyId(key_id),
+                Actor::Cli,
+                RequestMeta::default(),
+            )
+            .await?
+            {
+                Revoked::Now(k) => eprintln!("revoked key {} ({})", k.id, k.prefix),
+                Revoked::Already(k) => eprintln!("key {} ({}) was already revoked", k.id, k.prefix),
+                Revoked::NotFound => return Err(anyhow!("no key with id {key_id}").into()),
+            }
+        }
+    }
+    Ok(())
+}
