@@ -1,0 +1,296 @@
+//! Test harness: a fresh Postgres database and a unique Redis key prefix per test, the real
+//! API built in-process on port 0 (the same `App::build` main uses), real binaries for
+//! multi-process tests, and HTTP helpers. Nothing of ours is mocked.
+#![allow(dead_code, unreachable_pub)]
+
+pub mod procs;
+pub mod proxy;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use sqlx::{Connection, PgConnection, PgPool};
+
+use agentq_api::{ApiConfig, App};
+use agentq_shared::audit::{Actor, RequestMeta};
+use agentq_shared::config::StoreConfig;
+use agentq_shared::ids::TeamId;
+use agentq_shared::keys::{self, KeySpec, Lifetime};
+use agentq_shared::scopes::ScopeSet;
+
+pub fn pg_base() -> String {
+    std::env::var("AGENTQ_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("AGENTQ_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        agentq_shared::telemetry::init_tracing(false);
+    }
+}
+
+/// A database created for one test and dropped after it.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let name = format!("agentq_t_{}", uuid::Uuid::now_v7().simple());
+        let mut admin = PgConnection::connect(&format!("{}/postgres", pg_base()))
+            .await
+            .expect("test Postgres must be reachable (AGENTQ_TEST_DATABASE_URL)");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        let url = format!("{}/{name}", pg_base());
+        let pool = agentq_shared::db::connect(&url, 10)
+            .await
+            .expect("connect test db");
+        agentq_shared::db::migrate(&pool)
+            .await
+            .expect("migrate test db");
+        Self { name, url, pool }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Dropping needs async I/O; do it on a thread of its own so it works from any runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(rt) = rt {
+                rt.block_on(async {
+                    if let Ok(mut c) =
+                        PgConnection::connect(&format!("{}/postgres", pg_base())).await
+                    {
+                        let _ =
+                            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                                .execute(&mut c)
+                                .await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
+
+pub fn unique_prefix() -> String {
+    format!("t{}", uuid::Uuid::now_v7().simple())
+}
+
+pub fn store_config(db: &TestDb, prefix: &str) -> StoreConfig {
+    StoreConfig::new(
+        Some(db.url.clone()),
+        Some(redis_url()),
+        prefix.to_owned(),
+        10,
+    )
+    .expect("test store config is valid")
+}
+
+/// A team with a key holding `all`.
+pub struct Tenant {
+    pub team_id: TeamId,
+    pub key: String,
+}
+
+pub async fn create_tenant(pool: &PgPool, name: &str) -> Tenant {
+    let team = agentq_shared::teams::create(pool, name)
+        .await
+        .unwrap()
+        .expect("new team");
+    let key = create_key(pool, team.id, &["all"], &[], Lifetime::Never).await;
+    Tenant {
+        team_id: team.id,
+        key,
+    }
+}
+
+/// Creates a key the way the CLI does.
+pub async fn create_key(
+    pool: &PgPool,
+    team_id: TeamId,
+    scopes: &[&str],
+    agents: &[uuid::Uuid],
+    lifetime: Lifetime,
+) -> String {
+    let scopes = ScopeSet::parse(scopes).unwrap();
+    let spec = KeySpec {
+        team_id,
+        name: "test",
+        scopes: &scopes,
+        agent_ids: agents,
+        lifetime,
+    };
+    keys::create(pool, spec, Actor::Cli, RequestMeta::default())
+        .await
+        .unwrap()
+        .1
+}
+
+/// The API, in-process on port 0, with a fresh database and Redis prefix.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub db: TestDb,
+    pub prefix: String,
+    pub tenant: Tenant,
+    pub client: reqwest::Client,
+    server: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    pub async fn spawn_with(tweak: impl FnOnce(&mut ApiConfig)) -> Self {
+        init_logs();
+        let db = TestDb::new().await;
+        let prefix = unique_prefix();
+        let mut config = ApiConfig::new(store_config(&db, &prefix), "127.0.0.1:0".parse().unwrap());
+        config.last_used_flush = Duration::from_millis(200);
+        tweak(&mut config);
+        let app = App::build(config).await.expect("api builds");
+        let addr = app.local_addr();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let _ = app
+                .run_until_stopped(async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        let tenant = create_tenant(&db.pool, "acme").await;
+        Self {
+            addr,
+            db,
+            prefix,
+            tenant,
+            client: reqwest::Client::new(),
+            server,
+            stop: Some(tx),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// A request with the tenant's `all` key.
+    pub fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.req_as(&self.tenant.key, method, path)
+    }
+
+    pub fn req_as(&self, key: &str, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, self.url(path)).bearer_auth(key)
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        send(self.req(Method::GET, path)).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        send(self.req(Method::POST, path).json(&body)).await
+    }
+
+    /// Stops serving and waits for the graceful shutdown to finish.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.server).await;
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.server.abort();
+        cleanup_redis_prefix(&self.prefix);
+    }
+}
+
+/// Sends a request and parses the JSON body (Null when there is none).
+pub async fn send(req: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let resp = req.send().await.expect("request reaches the server");
+    let status = resp.status();
+    let text = resp.text().await.expect("body");
+    let value = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"))
+    };
+    (status, value)
+}
+
+/// Asserts the DESIGN.md error envelope with this status and code.
+pub fn assert_envelope(status: StatusCode, body: &Value, want_status: u16, want_code: &str) {
+    assert_eq!(status.as_u16(), want_status, "status; body: {body}");
+    assert_eq!(body["code"], want_code, "code; body: {body}");
+    assert_eq!(body["statusCode"], want_status, "statusCode; body: {body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "message; body: {body}"
+    );
+    assert!(
+        body["error"].as_str().is_some_and(|m| !m.is_empty()),
+        "error; body: {body}"
+    );
+    assert!(
+        body["request_id"].as_str().is_some_and(|m| !m.is_empty()),
+        "request_id; body: {body}"
+    );
+}
+
+/// Deletes every Redis key under a test's prefix (never anything else).
+pub fn cleanup_redis_prefix(prefix: &str) {
+    let prefix = prefix.to_owned();
+    let _ = std::thread::spawn(move || {
+        let Ok(client) = redis::Client::open(redis_url()) else {
+            return;
+        };
+        let Ok(mut conn) = client.get_connection() else {
+            return;
+        };
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}:*"))
+            .query(&mut conn)
+            .unwrap_or_default();
+        for k in keys {
+            let _: Result<(), _> = redis::cmd("DEL").arg(k).query(&mut conn);
+        }
+    })
+    .join();
+}
+
+/// Polls `check` until it returns Some or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: the real API (in-process via `App::build`, or the real binary when a
+//! test needs several processes) against real Postgres and Redis, spoken to over HTTP.
+
+mod common;
+
+mod api_keys;
+mod audit_logs;
+mod cli;
+mod errors;
+mod health;
