@@ -16,6 +16,10 @@ pub struct ApiConfig {
     pub body_limit: usize,
     /// How often key uses are written to `last_used_at`.
     pub last_used_flush: Duration,
+    /// Longest `/chat` waits for a reply before answering 202 (`AGENTQ_CHAT_TIMEOUT_SECONDS`).
+    pub chat_timeout: Duration,
+    /// Allow agent and webhook URLs on private networks (`AGENTQ_ALLOW_PRIVATE_NETWORKS`).
+    pub allow_private_networks: bool,
 }
 
 impl ApiConfig {
@@ -26,6 +30,8 @@ impl ApiConfig {
             listen,
             body_limit: 1024 * 1024,
             last_used_flush: Duration::from_secs(10),
+            chat_timeout: Duration::from_secs(30),
+            allow_private_networks: false,
         }
     }
 }

@@ -18,13 +18,20 @@ pub mod config;
 pub mod context;
 pub mod error;
 pub mod extract;
+pub mod hub;
 pub mod state;
 
+mod agents;
 mod audit_logs;
 mod health;
 mod keys;
+mod runs;
+mod triggers;
+mod usage;
 
+use agentq_shared::queue::{Queue, QueueConfig, QueueError};
 use agentq_shared::redis_conn::{self, Keys};
+use hub::Hub;
 pub use config::ApiConfig;
 use error::ApiError;
 use state::{AppState, LastUsed};
@@ -38,6 +45,9 @@ pub enum StartError {
     /// Redis refused or was unreachable.
     #[error("cannot connect to Redis (REDIS_URL): {0}")]
     Redis(#[from] redis::RedisError),
+    /// The queue settings are unusable.
+    #[error("queue: {0}")]
+    Queue(#[from] QueueError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -70,10 +80,15 @@ impl App {
                     addr: config.listen,
                     source,
                 })?;
+        let keys = Keys::new(config.store.redis_prefix.clone());
+        let runs = Queue::new(redis.clone(), &keys, QueueConfig::new("runs"))?;
         let state = AppState {
             db,
             redis,
-            keys: Keys::new(config.store.redis_prefix.clone()),
+            keys,
+            runs,
+            hub: Arc::new(Hub::default()),
+            stopping: Arc::new(tokio::sync::watch::channel(false).0),
             config: Arc::new(config),
             last_used: Arc::new(LastUsed::default()),
         };
@@ -100,6 +115,18 @@ impl App {
                 .clone()
                 .run(state.db.clone(), state.config.last_used_flush),
         );
+        let doorbells = tokio::spawn(
+            state
+                .hub
+                .clone()
+                .listen(state.config.store.redis_url.clone(), state.keys.clone()),
+        );
+        // Open event streams end when shutdown starts, so draining does not wait on them.
+        let stopping = state.stopping.clone();
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stopping.send(true);
+        };
         tracing::info!(addr = %self.local_addr(), "api listening");
         let app = router(self.state);
         let result = axum::serve(
@@ -109,6 +136,7 @@ impl App {
         .with_graceful_shutdown(shutdown)
         .await;
         flusher.abort();
+        doorbells.abort();
         state.last_used.flush(&state.db).await;
         result
     }
@@ -119,7 +147,11 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.config.body_limit;
     let v1 = Router::new()
         .merge(keys::routes())
-        .merge(audit_logs::routes());
+        .merge(audit_logs::routes())
+        .merge(agents::routes())
+        .merge(triggers::routes())
+        .merge(runs::routes())
+        .merge(usage::routes());
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -1,4 +1,5 @@
-//! What every handler shares: the pools, the config, and the last-used tracker.
+//! What every handler shares: the pools, the queue, the doorbell hub, the config, and the
+//! last-used tracker.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,9 +11,11 @@ use sqlx::PgPool;
 
 use agentq_shared::ids::ApiKeyId;
 use agentq_shared::keys;
+use agentq_shared::queue::Queue;
 use agentq_shared::redis_conn::Keys;
 
 use crate::config::ApiConfig;
+use crate::hub::Hub;
 
 /// Shared handler state; cheap to clone.
 #[derive(Clone)]
@@ -23,6 +26,12 @@ pub struct AppState {
     pub redis: ConnectionManager,
     /// Redis key names.
     pub keys: Keys,
+    /// The run queue.
+    pub runs: Queue,
+    /// Run doorbells.
+    pub hub: Arc<Hub>,
+    /// Flips to true when the server starts shutting down.
+    pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
     /// Settings.
     pub config: Arc<ApiConfig>,
     /// Key uses waiting to be written.

@@ -1,15 +1,41 @@
 //! The agentq scheduler (`agentq scheduler`): periodic work under one leader at a time.
+//! Any number may run; they race for a lease in Redis and only the holder works. Each task
+//! is idempotent, so even two leaders in a race (a lease that expired mid-tick) do no harm.
 #![warn(missing_docs)]
 
+mod leader;
+mod reconcile;
+
 use std::future::Future;
+use std::time::{Duration, Instant};
 
 use agentq_shared::config::StoreConfig;
+use agentq_shared::queue::{Queue, QueueConfig, QueueError};
+use agentq_shared::redis_conn::{self, Keys};
 
 /// Settings of one scheduler process.
 #[derive(Clone, Debug)]
 pub struct SchedulerConfig {
     /// Postgres and Redis.
     pub store: StoreConfig,
+    /// Time between ticks.
+    pub tick: Duration,
+    /// A queued run untouched this long is enqueued again (its job may have been lost).
+    pub requeue_after: Duration,
+    /// A running run whose worker has not shown life this long is enqueued for takeover.
+    pub stale_after: Duration,
+}
+
+impl SchedulerConfig {
+    /// Defaults around the given stores.
+    pub fn new(store: StoreConfig) -> Self {
+        Self {
+            store,
+            tick: Duration::from_secs(1),
+            requeue_after: Duration::from_secs(30),
+            stale_after: Duration::from_secs(20),
+        }
+    }
 }
 
 /// Why the scheduler stopped with an error.
@@ -21,19 +47,54 @@ pub enum SchedulerError {
     /// Redis refused or was unreachable.
     #[error("cannot connect to Redis (REDIS_URL): {0}")]
     Redis(#[from] redis::RedisError),
+    /// Queue settings unusable.
+    #[error("queue: {0}")]
+    Queue(#[from] QueueError),
 }
 
 /// Connects to the stores and runs until `shutdown` resolves.
-pub async fn run(
-    config: SchedulerConfig,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), SchedulerError> {
-    let _db =
-        agentq_shared::db::connect(&config.store.database_url, config.store.db_max_connections)
-            .await?;
-    let _redis = agentq_shared::redis_conn::connect(&config.store.redis_url).await?;
-    tracing::info!("scheduler started");
-    shutdown.await;
+pub async fn run(config: SchedulerConfig, shutdown: impl Future<Output = ()> + Send) -> Result<(), SchedulerError> {
+    let db = agentq_shared::db::connect(&config.store.database_url, 4).await?;
+    let redis = redis_conn::connect(&config.store.redis_url).await?;
+    let keys = Keys::new(config.store.redis_prefix.clone());
+    let runs = Queue::new(redis.clone(), &keys, QueueConfig::new("runs"))?;
+    let mut lease = leader::Lease::new(redis.clone(), &keys, config.tick * 5);
+    tracing::info!(holder = lease.holder(), "scheduler started");
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(config.tick);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tick.tick() => {}
+        }
+        let leading = lease.hold().await;
+        metrics::gauge!("agentq_scheduler_leader").set(if leading { 1.0 } else { 0.0 });
+        if !leading {
+            continue;
+        }
+        timed("reconcile_runs", reconcile::runs(&db, &runs, &config)).await;
+    }
+    lease.release().await;
     tracing::info!("scheduler stopped");
     Ok(())
+}
+
+/// Runs one task, recording its duration, outcome and work done.
+async fn timed<E: std::fmt::Display>(task: &'static str, fut: impl Future<Output = Result<usize, E>>) {
+    let started = Instant::now();
+    let result = fut.await;
+    metrics::histogram!("agentq_scheduler_task_seconds", "task" => task).record(started.elapsed().as_secs_f64());
+    match result {
+        Ok(n) => {
+            metrics::counter!("agentq_scheduler_task_items_total", "task" => task).increment(n as u64);
+            if n > 0 {
+                tracing::info!(task, items = n, "scheduler task did work");
+            }
+        }
+        Err(e) => {
+            metrics::counter!("agentq_scheduler_task_errors_total", "task" => task).increment(1);
+            tracing::warn!(task, error = %e, "scheduler task failed");
+        }
+    }
 }

@@ -49,4 +49,6 @@ id_type! {
     AuditLogId,
     /// An agent.
     AgentId,
+    /// A run.
+    RunId,
 }

@@ -3,13 +3,20 @@
 //! the CLI all build on it.
 #![warn(missing_docs)]
 
+pub mod agents;
 pub mod audit;
 pub mod config;
 pub mod db;
 pub mod ids;
 pub mod keys;
+pub mod net;
+#[path = "queue_shim.rs"]
+pub mod queue;
 pub mod pagination;
 pub mod redis_conn;
+pub mod runs;
+pub mod schedule;
 pub mod scopes;
+pub mod signing;
 pub mod teams;
 pub mod telemetry;

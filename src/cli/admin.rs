@@ -17,7 +17,7 @@ use agentq_shared::scopes::ScopeSet;
 use agentq_shared::{db, teams as team_db};
 use agentq_worker::WorkerConfig;
 
-use super::args::{AllArgs, ApiArgs, KeysCommand, StoreArgs, TeamsCommand, WorkerArgs};
+use super::args::{AllArgs, ApiArgs, KeysCommand, SchedulerArgs, StoreArgs, TeamsCommand, TuningArgs, WorkerArgs};
 use super::Failure;
 use agentq_shared::config::ConfigError;
 
@@ -70,7 +70,15 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
 }
 
-fn api_config(store: StoreConfig, args: &ApiArgs) -> Result<ApiConfig, ConfigError> {
+fn seconds(name: &'static str, v: f64) -> Result<Duration, ConfigError> {
+    if v.is_finite() && v > 0.0 && v < 1e9 {
+        Ok(Duration::from_secs_f64(v))
+    } else {
+        Err(ConfigError::invalid(name, "must be a positive number of seconds"))
+    }
+}
+
+fn api_config(store: StoreConfig, t: &TuningArgs, args: &ApiArgs) -> Result<ApiConfig, ConfigError> {
     if args.body_limit == 0 {
         return Err(ConfigError::invalid(
             "AGENTQ_BODY_LIMIT",
@@ -80,48 +88,56 @@ fn api_config(store: StoreConfig, args: &ApiArgs) -> Result<ApiConfig, ConfigErr
     let mut config = ApiConfig::new(store, args.listen);
     config.body_limit = args.body_limit;
     config.last_used_flush = Duration::from_secs(args.last_used_flush_seconds.max(1));
+    config.chat_timeout = Duration::from_secs(args.chat_timeout_seconds.max(1));
+    config.allow_private_networks = t.allow_private_networks;
     Ok(config)
 }
 
-fn worker_config(store: StoreConfig, args: &WorkerArgs) -> Result<WorkerConfig, ConfigError> {
+fn worker_config(store: StoreConfig, t: &TuningArgs, args: &WorkerArgs) -> Result<WorkerConfig, ConfigError> {
     if args.concurrency == 0 {
-        return Err(ConfigError::invalid(
-            "AGENTQ_WORKER_CONCURRENCY",
-            "must be at least 1",
-        ));
+        return Err(ConfigError::invalid("AGENTQ_WORKER_CONCURRENCY", "must be at least 1"));
     }
-    Ok(WorkerConfig {
-        store,
-        concurrency: args.concurrency,
-    })
+    let mut config = WorkerConfig::new(store);
+    config.concurrency = args.concurrency;
+    config.stale_after = seconds("AGENTQ_STALE_AFTER_SECONDS", t.stale_after_seconds)?;
+    config.heartbeat_every = config.stale_after / 4;
+    config.claim_idle = seconds("AGENTQ_CLAIM_IDLE_SECONDS", args.claim_idle_seconds)?;
+    config.redis_give_up = seconds("AGENTQ_REDIS_GIVE_UP_SECONDS", args.redis_give_up_seconds)?;
+    config.allow_private_networks = t.allow_private_networks;
+    Ok(config)
 }
 
-pub(crate) async fn serve_api(s: &StoreArgs, args: ApiArgs) -> Result<(), Failure> {
-    let config = api_config(store_config(s)?, &args)?;
+fn scheduler_config(store: StoreConfig, t: &TuningArgs, args: &SchedulerArgs) -> Result<SchedulerConfig, ConfigError> {
+    let mut config = SchedulerConfig::new(store);
+    config.stale_after = seconds("AGENTQ_STALE_AFTER_SECONDS", t.stale_after_seconds)?;
+    config.requeue_after = seconds("AGENTQ_REQUEUE_AFTER_SECONDS", args.requeue_after_seconds)?;
+    Ok(config)
+}
+
+pub(crate) async fn serve_api(s: &StoreArgs, t: &TuningArgs, args: ApiArgs) -> Result<(), Failure> {
+    let config = api_config(store_config(s)?, t, &args)?;
     let app = App::build(config).await?;
     app.run_until_stopped(stopped(shutdown_signal())).await?;
     Ok(())
 }
 
-pub(crate) async fn serve_worker(s: &StoreArgs, args: WorkerArgs) -> Result<(), Failure> {
-    let config = worker_config(store_config(s)?, &args)?;
+pub(crate) async fn serve_worker(s: &StoreArgs, t: &TuningArgs, args: WorkerArgs) -> Result<(), Failure> {
+    let config = worker_config(store_config(s)?, t, &args)?;
     agentq_worker::run(config, stopped(shutdown_signal())).await?;
     Ok(())
 }
 
-pub(crate) async fn serve_scheduler(s: &StoreArgs) -> Result<(), Failure> {
-    let config = SchedulerConfig {
-        store: store_config(s)?,
-    };
+pub(crate) async fn serve_scheduler(s: &StoreArgs, t: &TuningArgs, args: SchedulerArgs) -> Result<(), Failure> {
+    let config = scheduler_config(store_config(s)?, t, &args)?;
     agentq_scheduler::run(config, stopped(shutdown_signal())).await?;
     Ok(())
 }
 
-pub(crate) async fn serve_all(s: &StoreArgs, args: AllArgs) -> Result<(), Failure> {
+pub(crate) async fn serve_all(s: &StoreArgs, t: &TuningArgs, args: AllArgs) -> Result<(), Failure> {
     let store = store_config(s)?;
-    let api = api_config(store.clone(), &args.api)?;
-    let worker = worker_config(store.clone(), &args.worker)?;
-    let scheduler = SchedulerConfig { store };
+    let api = api_config(store.clone(), t, &args.api)?;
+    let worker = worker_config(store.clone(), t, &args.worker)?;
+    let scheduler = scheduler_config(store, t, &args.scheduler)?;
     migrated_pool(s).await?;
     let rx = shutdown_signal();
     let app = App::build(api).await?;

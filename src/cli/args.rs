@@ -12,6 +12,9 @@ pub(crate) struct Cli {
     #[command(flatten)]
     pub(crate) store: StoreArgs,
 
+    #[command(flatten)]
+    pub(crate) tuning: TuningArgs,
+
     /// Log format: json lines (default) or human-readable text.
     #[arg(
         long,
@@ -62,6 +65,18 @@ pub(crate) struct StoreArgs {
     pub(crate) db_max_connections: u32,
 }
 
+/// Settings more than one role reads.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct TuningArgs {
+    /// Let agents and webhooks call private, loopback and link-local addresses.
+    #[arg(long, env = "AGENTQ_ALLOW_PRIVATE_NETWORKS", global = true, default_value_t = false, action = clap::ArgAction::Set)]
+    pub(crate) allow_private_networks: bool,
+
+    /// A running run whose worker showed no life for this long is taken over (seconds).
+    #[arg(long, env = "AGENTQ_STALE_AFTER_SECONDS", global = true, default_value_t = 10.0)]
+    pub(crate) stale_after_seconds: f64,
+}
+
 #[derive(Subcommand, Debug)]
 pub(crate) enum Command {
     /// Apply database migrations to DATABASE_URL (idempotent; safe to run concurrently).
@@ -71,7 +86,7 @@ pub(crate) enum Command {
     /// Execute queued runs and deliveries (run any number of replicas).
     Worker(WorkerArgs),
     /// Run periodic work: cron fires, expiries, reconciliation (one leader at a time).
-    Scheduler,
+    Scheduler(SchedulerArgs),
     /// Migrate, then run api + worker + scheduler in one process (for a laptop).
     All(AllArgs),
     /// Manage teams (tenants).
@@ -95,6 +110,10 @@ pub(crate) struct ApiArgs {
     /// Seconds between writes of keys' last_used_at.
     #[arg(long, env = "AGENTQ_LAST_USED_FLUSH_SECONDS", default_value_t = 10)]
     pub(crate) last_used_flush_seconds: u64,
+
+    /// Longest /chat waits for the reply before answering 202 with the run id (seconds).
+    #[arg(long, env = "AGENTQ_CHAT_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub(crate) chat_timeout_seconds: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -102,6 +121,21 @@ pub(crate) struct WorkerArgs {
     /// Jobs this process executes at once.
     #[arg(long, env = "AGENTQ_WORKER_CONCURRENCY", default_value_t = 32)]
     pub(crate) concurrency: usize,
+
+    /// A queue entry unacknowledged this long is reclaimed from its (dead) worker (seconds).
+    #[arg(long, env = "AGENTQ_CLAIM_IDLE_SECONDS", default_value_t = 15.0)]
+    pub(crate) claim_idle_seconds: f64,
+
+    /// Exit non-zero when Redis has been unreachable this long (seconds).
+    #[arg(long, env = "AGENTQ_REDIS_GIVE_UP_SECONDS", default_value_t = 60.0)]
+    pub(crate) redis_give_up_seconds: f64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct SchedulerArgs {
+    /// A queued run untouched this long is enqueued again (seconds).
+    #[arg(long, env = "AGENTQ_REQUEUE_AFTER_SECONDS", default_value_t = 30.0)]
+    pub(crate) requeue_after_seconds: f64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -110,6 +144,8 @@ pub(crate) struct AllArgs {
     pub(crate) api: ApiArgs,
     #[command(flatten)]
     pub(crate) worker: WorkerArgs,
+    #[command(flatten)]
+    pub(crate) scheduler: SchedulerArgs,
 }
 
 #[derive(Subcommand, Debug)]

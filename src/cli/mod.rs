@@ -115,10 +115,10 @@ other_failure!(
 async fn dispatch(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Migrate => admin::migrate(&cli.store).await,
-        Command::Api(args) => admin::serve_api(&cli.store, args).await,
-        Command::Worker(args) => admin::serve_worker(&cli.store, args).await,
-        Command::Scheduler => admin::serve_scheduler(&cli.store).await,
-        Command::All(args) => admin::serve_all(&cli.store, args).await,
+        Command::Api(args) => admin::serve_api(&cli.store, &cli.tuning, args).await,
+        Command::Worker(args) => admin::serve_worker(&cli.store, &cli.tuning, args).await,
+        Command::Scheduler(args) => admin::serve_scheduler(&cli.store, &cli.tuning, args).await,
+        Command::All(args) => admin::serve_all(&cli.store, &cli.tuning, args).await,
         Command::Teams(cmd) => admin::teams(&cli.store, cmd).await,
         Command::Keys(cmd) => admin::keys(&cli.store, cmd).await,
     }

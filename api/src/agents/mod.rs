@@ -1,0 +1,278 @@
+//! `/api/v1/agents`: create, list, get, update, delete, pause and resume. Config is validated
+//! per runtime with field-level errors; deleting keeps the agent's runs readable; resuming
+//! releases the runs held while paused, oldest first.
+
+mod body;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use agentq_shared::agents::{self, Agent, AGENT_COLUMNS};
+use agentq_shared::audit::{self, AuditEntry};
+use agentq_shared::ids::{AgentId, RunId};
+use agentq_shared::pagination::{Cursor, Page};
+use agentq_shared::runs::RunJob;
+use agentq_shared::schedule::Schedule;
+use agentq_shared::scopes::Scope;
+
+use crate::auth::Auth;
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::state::AppState;
+use body::{CreateAgent, UpdateAgent};
+
+/// Routes under `/api/v1`.
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/agents", get(list).post(create))
+        .route("/agents/{id}", get(show).patch(update).delete(remove))
+        .route("/agents/{id}/pause", post(pause))
+        .route("/agents/{id}/resume", post(resume))
+}
+
+/// The agent as answered: its view plus the next scheduled fire time.
+pub(crate) fn agent_json(a: &Agent) -> Value {
+    let mut v = serde_json::to_value(a.view()).unwrap_or(Value::Null);
+    let next = a
+        .schedule
+        .as_deref()
+        .filter(|_| !a.is_paused())
+        .and_then(|s| Schedule::parse(s, &a.timezone).ok())
+        .and_then(|s| s.next_after(chrono::Utc::now()));
+    v["next_run_at"] = json!(next);
+    v
+}
+
+/// Loads an agent the key may see, or 404 (also for other teams' and restricted agents).
+pub(crate) async fn visible_agent(state: &AppState, auth: &Auth, id: AgentId) -> Result<Agent, ApiError> {
+    if !auth.can_access_agent(id) {
+        return Err(ApiError::not_found("Agent"));
+    }
+    agents::get(&state.db, auth.team_id(), id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Agent"))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiJson(body): ApiJson<CreateAgent>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    auth.require(Scope::AgentsWrite)?;
+    if auth.agent_restriction().is_some() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            "This API key is limited to some agents and cannot create agents.",
+        ));
+    }
+    let v = body.validate(state.config.allow_private_networks)?;
+    let secret = agentq_shared::signing::new_secret();
+    let mut tx = state.db.begin().await?;
+    let agent: Agent = sqlx::query_as(&format!(
+        "INSERT INTO agents (id, team_id, name, description, runtime, config, signing_secret, schedule, timezone,
+                             max_concurrent_runs, max_run_seconds)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {AGENT_COLUMNS}"
+    ))
+    .bind(AgentId::new())
+    .bind(auth.team_id())
+    .bind(&v.name)
+    .bind(&v.description)
+    .bind(&v.runtime)
+    .bind(&v.config)
+    .bind(&secret)
+    .bind(&v.schedule)
+    .bind(&v.timezone)
+    .bind(v.limits.max_concurrent_runs)
+    .bind(v.limits.max_run_seconds)
+    .fetch_one(&mut *tx)
+    .await?;
+    audit_agent(&mut tx, &auth, &agent, "agent.created").await?;
+    tx.commit().await?;
+    let mut out = agent_json(&agent);
+    out["signing_secret"] = Value::String(secret);
+    Ok((StatusCode::CREATED, Json(out)))
+}
+
+async fn audit_agent(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    auth: &Auth,
+    agent: &Agent,
+    action: &str,
+) -> Result<(), sqlx::Error> {
+    audit::record(
+        &mut **tx,
+        AuditEntry {
+            team_id: auth.team_id(),
+            actor: auth.actor(),
+            action,
+            target_type: "agent",
+            target_id: agent.id.to_string(),
+            meta: auth.meta(),
+            details: json!({"name": agent.name, "status": agent.status}),
+        },
+    )
+    .await
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<Page<Value>>, ApiError> {
+    auth.require(Scope::AgentsRead)?;
+    let cursor = Cursor::new(q.limit, q.cursor.as_deref())?;
+    let page = agents::list(&state.db, auth.team_id(), auth.agent_restriction(), &cursor).await?;
+    Ok(Json(Page {
+        data: page.data.iter().map(agent_json).collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<AgentId>,
+) -> Result<Json<Value>, ApiError> {
+    auth.require(Scope::AgentsRead)?;
+    Ok(Json(agent_json(&visible_agent(&state, &auth, id).await?)))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<AgentId>,
+    ApiJson(body): ApiJson<UpdateAgent>,
+) -> Result<Json<Value>, ApiError> {
+    auth.require(Scope::AgentsWrite)?;
+    let current = visible_agent(&state, &auth, id).await?;
+    let v = body.apply(&current, state.config.allow_private_networks)?;
+    let mut tx = state.db.begin().await?;
+    let agent: Option<Agent> = sqlx::query_as(&format!(
+        "UPDATE agents SET name = $3, description = $4, runtime = $5, config = $6, schedule = $7, timezone = $8,
+                max_concurrent_runs = $9, max_run_seconds = $10, updated_at = now()
+         WHERE id = $1 AND team_id = $2 AND deleted_at IS NULL RETURNING {AGENT_COLUMNS}"
+    ))
+    .bind(id)
+    .bind(auth.team_id())
+    .bind(&v.name)
+    .bind(&v.description)
+    .bind(&v.runtime)
+    .bind(&v.config)
+    .bind(&v.schedule)
+    .bind(&v.timezone)
+    .bind(v.limits.max_concurrent_runs)
+    .bind(v.limits.max_run_seconds)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let agent = agent.ok_or_else(|| ApiError::not_found("Agent"))?;
+    audit_agent(&mut tx, &auth, &agent, "agent.updated").await?;
+    tx.commit().await?;
+    Ok(Json(agent_json(&agent)))
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<AgentId>,
+) -> Result<StatusCode, ApiError> {
+    auth.require(Scope::AgentsWrite)?;
+    if !auth.can_access_agent(id) {
+        return Err(ApiError::not_found("Agent"));
+    }
+    let mut tx = state.db.begin().await?;
+    let agent: Option<Agent> = sqlx::query_as(&format!(
+        "UPDATE agents SET deleted_at = now(), updated_at = now()
+         WHERE id = $1 AND team_id = $2 AND deleted_at IS NULL RETURNING {AGENT_COLUMNS}"
+    ))
+    .bind(id)
+    .bind(auth.team_id())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let agent = agent.ok_or_else(|| ApiError::not_found("Agent"))?;
+    // Runs not yet started will never start now; running ones finish.
+    sqlx::query(
+        "UPDATE runs SET status = 'cancelled', held = false, finished_at = now(), error = 'agent deleted'
+         WHERE agent_id = $1 AND status = 'queued'",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    audit_agent(&mut tx, &auth, &agent, "agent.deleted").await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn pause(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<AgentId>,
+) -> Result<Json<Value>, ApiError> {
+    auth.require(Scope::AgentsWrite)?;
+    let (agent, _) = set_status(&state, &auth, id, "paused").await?;
+    Ok(Json(agent_json(&agent)))
+}
+
+async fn resume(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<AgentId>,
+) -> Result<Json<Value>, ApiError> {
+    auth.require(Scope::AgentsWrite)?;
+    let (agent, released) = set_status(&state, &auth, id, "active").await?;
+    let payloads: Vec<String> = released.into_iter().map(RunJob::payload).collect();
+    if !payloads.is_empty() {
+        if let Err(e) = state.runs.enqueue_many(&payloads).await {
+            tracing::warn!(error = %e, runs = payloads.len(), "enqueue of released runs failed; the reconciler will retry");
+        }
+    }
+    Ok(Json(agent_json(&agent)))
+}
+
+/// Sets an agent's status; on resume, releases its held runs and returns them oldest first.
+async fn set_status(
+    state: &AppState,
+    auth: &Auth,
+    id: AgentId,
+    status: &str,
+) -> Result<(Agent, Vec<RunId>), ApiError> {
+    if !auth.can_access_agent(id) {
+        return Err(ApiError::not_found("Agent"));
+    }
+    let mut tx = state.db.begin().await?;
+    let agent: Option<Agent> = sqlx::query_as(&format!(
+        "UPDATE agents SET status = $3, updated_at = now()
+         WHERE id = $1 AND team_id = $2 AND deleted_at IS NULL RETURNING {AGENT_COLUMNS}"
+    ))
+    .bind(id)
+    .bind(auth.team_id())
+    .bind(status)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let agent = agent.ok_or_else(|| ApiError::not_found("Agent"))?;
+    let mut released: Vec<RunId> = Vec::new();
+    if status == "active" {
+        released = sqlx::query_scalar(
+            "UPDATE runs SET held = false, queued_at = now()
+             WHERE agent_id = $1 AND held AND status = 'queued' RETURNING id",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?;
+        released.sort();
+    }
+    let action = if status == "active" { "agent.resumed" } else { "agent.paused" };
+    audit_agent(&mut tx, auth, &agent, action).await?;
+    tx.commit().await?;
+    Ok((agent, released))
+}

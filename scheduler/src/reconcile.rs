@@ -1,0 +1,44 @@
+//! The reconciler: Postgres is the system of record, Redis only carries work. Runs that are
+//! queued but untouched for a while (their job never reached Redis, or Redis lost it) are
+//! enqueued again; running runs whose worker stopped showing life are enqueued so a worker
+//! takes them over. Duplicates are harmless: every start and takeover is a guarded update.
+
+use sqlx::PgPool;
+
+use agentq_shared::queue::Queue;
+use agentq_shared::runs::RunJob;
+use agentq_shared::ids::RunId;
+
+use crate::SchedulerConfig;
+
+const BATCH: i64 = 1000;
+
+/// Re-enqueues lost and stalled runs; returns how many.
+pub(crate) async fn runs(db: &PgPool, queue: &Queue, config: &SchedulerConfig) -> Result<usize, String> {
+    // queued_at doubles as "last enqueued", so one run is re-enqueued at most once per period.
+    let ids: Vec<RunId> = sqlx::query_scalar(
+        "UPDATE runs SET queued_at = now()
+         WHERE id IN (
+            SELECT id FROM runs
+            WHERE ((status = 'queued' AND NOT held AND queued_at < now() - make_interval(secs => $1))
+               OR (status = 'running' AND heartbeat_at < now() - make_interval(secs => $2)
+                   AND queued_at < now() - make_interval(secs => $2)))
+            ORDER BY queued_at LIMIT $3
+            FOR UPDATE SKIP LOCKED)
+         RETURNING id",
+    )
+    .bind(config.requeue_after.as_secs_f64())
+    .bind(config.stale_after.as_secs_f64())
+    .bind(BATCH)
+    .fetch_all(db)
+    .await
+    .map_err(|e| e.to_string())?;
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let mut ids = ids;
+    ids.sort();
+    let payloads: Vec<String> = ids.iter().map(|id| RunJob::payload(*id)).collect();
+    queue.enqueue_many(&payloads).await.map_err(|e| e.to_string())?;
+    Ok(ids.len())
+}

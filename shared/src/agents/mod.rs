@@ -1,0 +1,182 @@
+//! Agents: what runs, how (its runtime and config), and within which limits. Queries here
+//! are shared by the API (CRUD), the worker (loading an agent to run it) and the scheduler.
+
+pub mod config;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::PgExecutor;
+
+use crate::ids::{AgentId, TeamId};
+use crate::pagination::{Cursor, Page};
+
+/// An agent as stored.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Agent {
+    /// Agent id.
+    pub id: AgentId,
+    /// Owning team.
+    pub team_id: TeamId,
+    /// Name.
+    pub name: String,
+    /// Free text.
+    pub description: Option<String>,
+    /// `scripted` or `http`.
+    pub runtime: String,
+    /// Runtime configuration (validated on write, see [`config`]).
+    pub config: Value,
+    /// Secret that signs requests to an http agent.
+    pub signing_secret: String,
+    /// Cron expression, if scheduled.
+    pub schedule: Option<String>,
+    /// IANA time zone of the schedule.
+    pub timezone: String,
+    /// `active` or `paused`.
+    pub status: String,
+    /// Runs of this agent executing at once, across all workers.
+    pub max_concurrent_runs: i32,
+    /// A run taking longer ends `timed_out`.
+    pub max_run_seconds: i32,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// Set when deleted; deleted agents are invisible but their runs stay readable.
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+/// The agent as the API shows it (never the signing secret).
+#[derive(Serialize)]
+pub struct AgentView<'a> {
+    id: AgentId,
+    name: &'a str,
+    description: Option<&'a str>,
+    runtime: &'a str,
+    config: &'a Value,
+    schedule: Option<&'a str>,
+    timezone: &'a str,
+    status: &'a str,
+    limits: Limits,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+/// An agent's limits, as set and shown.
+#[derive(Clone, Copy, Debug, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Runs executing at once, across all workers (default 10).
+    #[serde(default = "default_concurrency")]
+    pub max_concurrent_runs: i32,
+    /// Longest a run may take, in seconds (default 300).
+    #[serde(default = "default_run_seconds")]
+    pub max_run_seconds: i32,
+}
+
+fn default_concurrency() -> i32 {
+    10
+}
+
+fn default_run_seconds() -> i32 {
+    300
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_concurrent_runs: default_concurrency(),
+            max_run_seconds: default_run_seconds(),
+        }
+    }
+}
+
+impl Agent {
+    /// The public view.
+    pub fn view(&self) -> AgentView<'_> {
+        AgentView {
+            id: self.id,
+            name: &self.name,
+            description: self.description.as_deref(),
+            runtime: &self.runtime,
+            config: &self.config,
+            schedule: self.schedule.as_deref(),
+            timezone: &self.timezone,
+            status: &self.status,
+            limits: Limits {
+                max_concurrent_runs: self.max_concurrent_runs,
+                max_run_seconds: self.max_run_seconds,
+            },
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+
+    /// Whether the agent is paused.
+    pub fn is_paused(&self) -> bool {
+        self.status == "paused"
+    }
+}
+
+/// Columns of [`Agent`], for queries elsewhere.
+pub const AGENT_COLUMNS: &str = "id, team_id, name, description, runtime, config, signing_secret, \
+    schedule, timezone, status, max_concurrent_runs, max_run_seconds, created_at, updated_at, deleted_at";
+
+/// A live (not deleted) agent of a team.
+pub async fn get(
+    db: impl PgExecutor<'_>,
+    team_id: TeamId,
+    id: AgentId,
+) -> Result<Option<Agent>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {AGENT_COLUMNS} FROM agents WHERE id = $1 AND team_id = $2 AND deleted_at IS NULL"
+    ))
+    .bind(id)
+    .bind(team_id)
+    .fetch_optional(db)
+    .await
+}
+
+/// An agent by id whatever its team or state, for the worker.
+pub async fn get_any(db: impl PgExecutor<'_>, id: AgentId) -> Result<Option<Agent>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
+/// Whether the agent exists for this team, deleted or not (its runs stay readable).
+pub async fn exists_including_deleted(
+    db: impl PgExecutor<'_>,
+    team_id: TeamId,
+    id: AgentId,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM agents WHERE id = $1 AND team_id = $2)")
+        .bind(id)
+        .bind(team_id)
+        .fetch_one(db)
+        .await
+}
+
+/// A team's live agents, newest first; `only` limits to some ids (restricted keys).
+pub async fn list(
+    db: impl PgExecutor<'_>,
+    team_id: TeamId,
+    only: Option<&[uuid::Uuid]>,
+    cursor: &Cursor,
+) -> Result<Page<Agent>, sqlx::Error> {
+    let rows: Vec<Agent> = sqlx::query_as(&format!(
+        "SELECT {AGENT_COLUMNS} FROM agents
+         WHERE team_id = $1 AND deleted_at IS NULL
+           AND ($2::uuid[] IS NULL OR id = ANY($2))
+           AND ($3::uuid IS NULL OR id < $3)
+         ORDER BY id DESC LIMIT $4"
+    ))
+    .bind(team_id)
+    .bind(only)
+    .bind(cursor.after)
+    .bind(cursor.fetch_limit())
+    .fetch_all(db)
+    .await?;
+    Ok(cursor.page(rows, |a| a.id.0))
+}

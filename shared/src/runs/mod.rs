@@ -1,0 +1,201 @@
+//! Runs: one execution of an agent, from trigger to final state. This module holds the run
+//! row, its queries, how a trigger becomes a run ([`create`]), the state table ([`status`]),
+//! its steps and usage, and the Redis doorbell that tells streams a step was written.
+
+pub mod create;
+pub mod doorbell;
+pub mod status;
+pub mod steps;
+pub mod usage;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::PgExecutor;
+
+use crate::ids::{AgentId, RunId, TeamId};
+use crate::pagination::{Cursor, Page};
+pub use status::RunStatus;
+
+/// A run as stored and shown.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct Run {
+    /// Run id.
+    pub id: RunId,
+    /// Owning team.
+    #[serde(skip)]
+    pub team_id: TeamId,
+    /// The agent run.
+    pub agent_id: AgentId,
+    /// Current state.
+    pub status: String,
+    /// Whether it waits for its paused agent.
+    #[serde(skip)]
+    pub held: bool,
+    /// What started it: `{"type": "api|signal|chat|webhook|schedule|mcp", ...}`.
+    pub trigger: Value,
+    /// The input given.
+    pub input: Value,
+    /// The last reply text.
+    pub output: Option<String>,
+    /// Why it failed, timed out or was cancelled.
+    pub error: Option<String>,
+    /// Executions started.
+    pub attempts: i32,
+    /// A cancel was asked while running; the runtime stops at its next step.
+    pub cancel_requested: bool,
+    /// Accepted at.
+    pub created_at: DateTime<Utc>,
+    /// First execution started at.
+    pub started_at: Option<DateTime<Utc>>,
+    /// Ended at.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Usage, once finished.
+    pub usage: Option<Value>,
+    #[serde(skip)]
+    /// Next scripted step to run (resume point).
+    pub script_pos: i32,
+    #[serde(skip)]
+    /// Next step sequence number.
+    pub next_seq: i32,
+    #[serde(skip)]
+    /// When the executing worker last showed life.
+    pub heartbeat_at: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    /// When the current execution must end.
+    pub deadline_at: Option<DateTime<Utc>>,
+}
+
+impl Run {
+    /// The parsed status (stored values are constrained by the database).
+    pub fn status(&self) -> RunStatus {
+        self.status.parse().unwrap_or(RunStatus::Failed)
+    }
+}
+
+/// Columns of [`Run`].
+pub const RUN_COLUMNS: &str = "id, team_id, agent_id, status, held, trigger, input, output, error, \
+    attempts, cancel_requested, created_at, started_at, finished_at, usage, script_pos, next_seq, \
+    heartbeat_at, deadline_at";
+
+/// The queue payload of a run: just its id; the worker reads the rest from Postgres.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct RunJob {
+    /// The run to execute.
+    pub run_id: RunId,
+}
+
+impl RunJob {
+    /// The JSON payload put on the queue.
+    pub fn payload(run_id: RunId) -> String {
+        format!("{{\"run_id\":\"{run_id}\"}}")
+    }
+}
+
+/// A run of a team.
+pub async fn get(db: impl PgExecutor<'_>, team_id: TeamId, id: RunId) -> Result<Option<Run>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1 AND team_id = $2"))
+        .bind(id)
+        .bind(team_id)
+        .fetch_optional(db)
+        .await
+}
+
+/// A run by id alone, for the worker.
+pub async fn get_any(db: impl PgExecutor<'_>, id: RunId) -> Result<Option<Run>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
+/// Filters for listing an agent's runs.
+#[derive(Debug, Default)]
+pub struct RunFilter {
+    /// Exact status.
+    pub status: Option<RunStatus>,
+    /// Trigger type.
+    pub trigger: Option<String>,
+    /// Created at or after.
+    pub from: Option<DateTime<Utc>>,
+    /// Created before.
+    pub to: Option<DateTime<Utc>>,
+}
+
+/// An agent's runs, newest first.
+pub async fn list_for_agent(
+    db: impl PgExecutor<'_>,
+    team_id: TeamId,
+    agent_id: AgentId,
+    f: &RunFilter,
+    cursor: &Cursor,
+) -> Result<Page<Run>, sqlx::Error> {
+    let rows: Vec<Run> = sqlx::query_as(&format!(
+        "SELECT {RUN_COLUMNS} FROM runs
+         WHERE team_id = $1 AND agent_id = $2
+           AND ($3::text IS NULL OR status = $3)
+           AND ($4::text IS NULL OR trigger_type = $4)
+           AND ($5::timestamptz IS NULL OR created_at >= $5)
+           AND ($6::timestamptz IS NULL OR created_at < $6)
+           AND ($7::uuid IS NULL OR id < $7)
+         ORDER BY id DESC LIMIT $8"
+    ))
+    .bind(team_id)
+    .bind(agent_id)
+    .bind(f.status.map(|s| s.as_str()))
+    .bind(&f.trigger)
+    .bind(f.from)
+    .bind(f.to)
+    .bind(cursor.after)
+    .bind(cursor.fetch_limit())
+    .fetch_all(db)
+    .await?;
+    Ok(cursor.page(rows, |r| r.id.0))
+}
+
+/// What a cancel request did.
+pub enum CancelOutcome {
+    /// The run was not executing and is now cancelled.
+    Cancelled(Run),
+    /// The run is executing; it stops at its next step.
+    Requested(Run),
+    /// The run had already ended.
+    AlreadyFinished(Run),
+    /// No such run.
+    NotFound,
+}
+
+/// Cancels a run: at once if queued or waiting, else by flagging it for its worker.
+pub async fn cancel(pool: &sqlx::PgPool, team_id: TeamId, id: RunId) -> Result<CancelOutcome, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let done: Option<Run> = sqlx::query_as(&format!(
+        "UPDATE runs SET status = 'cancelled', held = false, finished_at = now(), error = 'cancelled on request'
+         WHERE id = $1 AND team_id = $2 AND status IN ('queued', 'waiting_approval')
+         RETURNING {RUN_COLUMNS}"
+    ))
+    .bind(id)
+    .bind(team_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(run) = done {
+        tx.commit().await?;
+        return Ok(CancelOutcome::Cancelled(run));
+    }
+    let flagged: Option<Run> = sqlx::query_as(&format!(
+        "UPDATE runs SET cancel_requested = true
+         WHERE id = $1 AND team_id = $2 AND status = 'running'
+         RETURNING {RUN_COLUMNS}"
+    ))
+    .bind(id)
+    .bind(team_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    if let Some(run) = flagged {
+        return Ok(CancelOutcome::Requested(run));
+    }
+    Ok(match get(pool, team_id, id).await? {
+        Some(run) => CancelOutcome::AlreadyFinished(run),
+        None => CancelOutcome::NotFound,
+    })
+}

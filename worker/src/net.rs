@@ -1,0 +1,54 @@
+//! The HTTP client for calling users' endpoints (http agents; later webhooks). Redirects are
+//! not followed, and unless private networks are allowed, a host that resolves to a private,
+//! loopback or link-local address is refused when the connection is made: the check runs on
+//! the resolved addresses, so DNS tricks after the URL was saved do not get through.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+
+use agentq_shared::net::{is_public, validate_destination, UrlError};
+
+/// A client plus the policy it enforces.
+#[derive(Clone)]
+pub(crate) struct SafeClient {
+    pub(crate) http: reqwest::Client,
+    allow_private: bool,
+}
+
+struct PublicOnly;
+
+impl Resolve for PublicOnly {
+    fn resolve(&self, name: Name) -> Resolving {
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
+            let public: Vec<SocketAddr> = addrs.into_iter().filter(|a| is_public(a.ip())).collect();
+            if public.is_empty() {
+                return Err(Box::new(UrlError::Private) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(public.into_iter()) as Addrs)
+        })
+    }
+}
+
+impl SafeClient {
+    /// Builds the client; `allow_private` lifts the address policy (tests, private deployments).
+    pub(crate) fn new(allow_private: bool) -> Result<Self, reqwest::Error> {
+        let mut b = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .user_agent(concat!("agentq/", env!("CARGO_PKG_VERSION")));
+        if !allow_private {
+            b = b.dns_resolver(Arc::new(PublicOnly));
+        }
+        Ok(Self { http: b.build()?, allow_private })
+    }
+
+    /// Checks a URL before a request: form, and literal addresses (which skip DNS).
+    pub(crate) fn check(&self, url: &str) -> Result<reqwest::Url, UrlError> {
+        validate_destination(url, self.allow_private)
+    }
+}

@@ -1,0 +1,112 @@
+//! Agent runtimes behind one trait. The executor asks a runtime for its next [`Action`]
+//! given what the run has done so far, persists it, and asks again until `Done` or `Fail`.
+//! Runtimes never write to the database themselves; that keeps resumption in one place.
+
+mod http;
+mod scripted;
+mod template;
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use agentq_shared::agents::config::{self, RuntimeConfig};
+use agentq_shared::agents::Agent;
+use agentq_shared::runs::steps::Step;
+use agentq_shared::runs::Run;
+
+use crate::net::SafeClient;
+
+/// What a runtime wants done next.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Action {
+    /// Say something (the run's output becomes this text).
+    Reply(String),
+    /// Call a tool and record its result.
+    Tool {
+        /// Tool name.
+        name: String,
+        /// Arguments.
+        arguments: Value,
+        /// Result.
+        result: Value,
+    },
+    /// Wait before the next step.
+    Sleep(Duration),
+    /// End the run as failed.
+    Fail(String),
+    /// End the run as succeeded; an explicit output overrides the last reply.
+    Done {
+        /// Output chosen by the runtime.
+        output: Option<String>,
+    },
+}
+
+/// Why a runtime could not go on. Every error here fails the run with its message;
+/// transient failures were already retried inside the runtime.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct RuntimeError(pub(crate) String);
+
+/// What the run has done so far, as a runtime sees it.
+pub(crate) struct Progress<'a> {
+    pub(crate) run: &'a Run,
+    pub(crate) agent: &'a Agent,
+    pub(crate) steps: &'a [Step],
+    /// Actions of this runtime already persisted (scripted: the next step's index).
+    pub(crate) position: usize,
+}
+
+/// One agent runtime.
+pub(crate) trait Runtime {
+    /// The next action.
+    async fn next(&mut self, p: &Progress<'_>) -> Result<Action, RuntimeError>;
+}
+
+/// The runtime of an agent, chosen by its `runtime` field.
+pub(crate) enum AnyRuntime {
+    Scripted(scripted::Scripted),
+    Http(http::HttpAgent),
+}
+
+impl AnyRuntime {
+    /// Builds the agent's runtime from its stored config.
+    pub(crate) fn for_agent(agent: &Agent, client: &SafeClient) -> Result<Self, RuntimeError> {
+        match config::validate(&agent.runtime, &agent.config) {
+            Ok(RuntimeConfig::Scripted(c)) => Ok(AnyRuntime::Scripted(scripted::Scripted::new(c))),
+            Ok(RuntimeConfig::Http(c)) => Ok(AnyRuntime::Http(http::HttpAgent::new(c, client.clone()))),
+            Err(e) => Err(RuntimeError(format!("agent config is invalid: {e}"))),
+        }
+    }
+}
+
+impl AnyRuntime {
+    /// Whether the runtime reads the run's earlier steps (so the executor keeps them fresh).
+    pub(crate) fn reads_history(&self) -> bool {
+        matches!(self, AnyRuntime::Http(_))
+    }
+}
+
+impl Runtime for AnyRuntime {
+    async fn next(&mut self, p: &Progress<'_>) -> Result<Action, RuntimeError> {
+        match self {
+            AnyRuntime::Scripted(r) => r.next(p).await,
+            AnyRuntime::Http(r) => r.next(p).await,
+        }
+    }
+}
+
+/// Turns a configured step into an action, filling in templates.
+fn action_of(step: &config::ScriptStep, p: &Progress<'_>) -> Action {
+    use config::ScriptStep as S;
+    match step {
+        S::Reply { reply } => Action::Reply(template::render(reply, p.run)),
+        S::Tool { tool, arguments, result } => Action::Tool {
+            name: tool.clone(),
+            arguments: arguments.clone(),
+            result: result.clone(),
+        },
+        S::Sleep { sleep_ms } => Action::Sleep(Duration::from_millis(*sleep_ms)),
+        S::Fail { fail } => Action::Fail(template::render(fail, p.run)),
+    }
+}
