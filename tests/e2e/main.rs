@@ -3,6 +3,7 @@
 
 mod common;
 
+mod agents;
 mod api_keys;
 mod audit_logs;
 mod cli;

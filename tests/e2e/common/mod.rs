@@ -164,6 +164,9 @@ impl TestApp {
         let prefix = unique_prefix();
         let mut config = ApiConfig::new(store_config(&db, &prefix), "127.0.0.1:0".parse().unwrap());
         config.last_used_flush = Duration::from_millis(200);
+        // Test stand-ins for agents and receivers listen on loopback.
+        config.allow_private_networks = true;
+        config.chat_timeout = Duration::from_secs(10);
         tweak(&mut config);
         let app = App::build(config).await.expect("api builds");
         let addr = app.local_addr();
