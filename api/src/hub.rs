@@ -49,7 +49,10 @@ impl Hub {
             }
         };
         let rx = sender.subscribe();
-        Subscription { _sender: sender, rx }
+        Subscription {
+            _sender: sender,
+            rx,
+        }
     }
 
     fn ring(&self, run: RunId) {

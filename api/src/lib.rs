@@ -31,9 +31,9 @@ mod usage;
 
 use agentq_shared::queue::{Queue, QueueConfig, QueueError};
 use agentq_shared::redis_conn::{self, Keys};
-use hub::Hub;
 pub use config::ApiConfig;
 use error::ApiError;
+use hub::Hub;
 use state::{AppState, LastUsed};
 
 /// Why the API could not start.

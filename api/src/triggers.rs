@@ -73,7 +73,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         .ok()
         .map(str::trim)
         .filter(|k| !k.is_empty() && k.len() <= 255)
-        .ok_or_else(|| ApiError::validation("Idempotency-Key must be 1 to 255 visible ASCII characters"))?;
+        .ok_or_else(|| {
+            ApiError::validation("Idempotency-Key must be 1 to 255 visible ASCII characters")
+        })?;
     Ok(Some(key.to_owned()))
 }
 
@@ -105,14 +107,16 @@ async fn trigger(
         idempotency,
         audit: t.audit_action.map(|a| (auth.actor(), auth.meta(), a)),
     };
-    create::create_run(&state.db, &state.runs, new).await.map_err(|e| match e {
-        CreateError::AgentNotFound => ApiError::not_found("Agent"),
-        CreateError::KeyReused => ApiError::conflict(
-            "idempotency_key_reused",
-            "This Idempotency-Key was already used with a different request.",
-        ),
-        CreateError::Db(e) => e.into(),
-    })
+    create::create_run(&state.db, &state.runs, new)
+        .await
+        .map_err(|e| match e {
+            CreateError::AgentNotFound => ApiError::not_found("Agent"),
+            CreateError::KeyReused => ApiError::conflict(
+                "idempotency_key_reused",
+                "This Idempotency-Key was already used with a different request.",
+            ),
+            CreateError::Db(e) => e.into(),
+        })
 }
 
 fn accepted(created: Created) -> (StatusCode, Json<Run>) {
@@ -131,7 +135,10 @@ async fn signal(
 ) -> Result<(StatusCode, Json<Run>), ApiError> {
     let kind = body.kind.trim();
     if kind.is_empty() || kind.len() > 200 {
-        return Err(ApiError::invalid_field("type", "must be 1 to 200 characters"));
+        return Err(ApiError::invalid_field(
+            "type",
+            "must be 1 to 200 characters",
+        ));
     }
     let signal = json!({"type": kind, "payload": body.payload});
     let t = Trigger {
@@ -182,7 +189,11 @@ async fn chat(
     ApiJson(body): ApiJson<ChatBody>,
 ) -> Result<Response, ApiError> {
     let max = state.config.chat_timeout;
-    let wait = body.timeout_seconds.map(Duration::from_secs).unwrap_or(max).min(max);
+    let wait = body
+        .timeout_seconds
+        .map(Duration::from_secs)
+        .unwrap_or(max)
+        .min(max);
     let created = trigger(&state, &auth, id, &headers, chat_trigger(&body)?).await?;
     let run_id = created.run().id;
     let mut sub = state.hub.subscribe(run_id);

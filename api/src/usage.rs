@@ -40,12 +40,25 @@ async fn report(
         return Err(ApiError::invalid_field("from", "must be before to"));
     }
     if to - from > Duration::days(366) {
-        return Err(ApiError::invalid_field("to", "the range can span at most 366 days"));
+        return Err(ApiError::invalid_field(
+            "to",
+            "the range can span at most 366 days",
+        ));
     }
     if let Some(a) = q.agent_id {
         if !auth.can_access_agent(a) {
             return Err(ApiError::not_found("Agent"));
         }
     }
-    Ok(Json(usage::report(&state.db, auth.team_id(), from, to, q.agent_id, auth.agent_restriction()).await?))
+    Ok(Json(
+        usage::report(
+            &state.db,
+            auth.team_id(),
+            from,
+            to,
+            q.agent_id,
+            auth.agent_restriction(),
+        )
+        .await?,
+    ))
 }

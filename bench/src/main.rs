@@ -1,1 +1,65 @@
-fn main() {}
+//! The bench command line: picks a scenario, brings up a throwaway agentq stack for it, runs
+//! it, and always tears the stack down again (also on error or Ctrl-C).
+//!
+//! Run as `cargo build --release && cargo run --release -p bench -- api`.
+
+mod api;
+mod load;
+mod stack;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use stack::Stack;
+
+/// Benchmarks of agentq against the real binary, Postgres and Redis.
+///
+/// Postgres comes from BENCH_PG_URL (default postgres://postgres@127.0.0.1:5432), where a
+/// fresh database is created and dropped again; Redis from BENCH_REDIS_URL (default
+/// redis://127.0.0.1:6379), under a prefix of its own that is deleted at the end.
+#[derive(Parser, Debug)]
+#[command(name = "bench")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand, Debug)]
+enum Scenario {
+    /// HTTP API overhead: GET /healthz against authenticated GET /api/v1/api-keys.
+    Api(api::Args),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Some(binary) = stack::agentq_binary() else {
+        eprintln!(
+            "error: {} not found; build it first: cargo build --release",
+            stack::expected_binary_path().display()
+        );
+        return ExitCode::FAILURE;
+    };
+    match run(cli, binary).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli, binary: std::path::PathBuf) -> anyhow::Result<()> {
+    let mut stack = Stack::create(binary).await?;
+    let outcome = tokio::select! {
+        r = async {
+            match &cli.scenario {
+                Scenario::Api(args) => api::run(&mut stack, args).await,
+            }
+        } => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    stack.shutdown().await;
+    outcome
+}

@@ -53,7 +53,10 @@ pub enum SchedulerError {
 }
 
 /// Connects to the stores and runs until `shutdown` resolves.
-pub async fn run(config: SchedulerConfig, shutdown: impl Future<Output = ()> + Send) -> Result<(), SchedulerError> {
+pub async fn run(
+    config: SchedulerConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), SchedulerError> {
     let db = agentq_shared::db::connect(&config.store.database_url, 4).await?;
     let redis = redis_conn::connect(&config.store.redis_url).await?;
     let keys = Keys::new(config.store.redis_prefix.clone());
@@ -81,13 +84,18 @@ pub async fn run(config: SchedulerConfig, shutdown: impl Future<Output = ()> + S
 }
 
 /// Runs one task, recording its duration, outcome and work done.
-async fn timed<E: std::fmt::Display>(task: &'static str, fut: impl Future<Output = Result<usize, E>>) {
+async fn timed<E: std::fmt::Display>(
+    task: &'static str,
+    fut: impl Future<Output = Result<usize, E>>,
+) {
     let started = Instant::now();
     let result = fut.await;
-    metrics::histogram!("agentq_scheduler_task_seconds", "task" => task).record(started.elapsed().as_secs_f64());
+    metrics::histogram!("agentq_scheduler_task_seconds", "task" => task)
+        .record(started.elapsed().as_secs_f64());
     match result {
         Ok(n) => {
-            metrics::counter!("agentq_scheduler_task_items_total", "task" => task).increment(n as u64);
+            metrics::counter!("agentq_scheduler_task_items_total", "task" => task)
+                .increment(n as u64);
             if n > 0 {
                 tracing::info!(task, items = n, "scheduler task did work");
             }

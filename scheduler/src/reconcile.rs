@@ -5,16 +5,20 @@
 
 use sqlx::PgPool;
 
+use agentq_shared::ids::RunId;
 use agentq_shared::queue::Queue;
 use agentq_shared::runs::RunJob;
-use agentq_shared::ids::RunId;
 
 use crate::SchedulerConfig;
 
 const BATCH: i64 = 1000;
 
 /// Re-enqueues lost and stalled runs; returns how many.
-pub(crate) async fn runs(db: &PgPool, queue: &Queue, config: &SchedulerConfig) -> Result<usize, String> {
+pub(crate) async fn runs(
+    db: &PgPool,
+    queue: &Queue,
+    config: &SchedulerConfig,
+) -> Result<usize, String> {
     // queued_at doubles as "last enqueued", so one run is re-enqueued at most once per period.
     let ids: Vec<RunId> = sqlx::query_scalar(
         "UPDATE runs SET queued_at = now()
@@ -39,6 +43,9 @@ pub(crate) async fn runs(db: &PgPool, queue: &Queue, config: &SchedulerConfig) -
     let mut ids = ids;
     ids.sort();
     let payloads: Vec<String> = ids.iter().map(|id| RunJob::payload(*id)).collect();
-    queue.enqueue_many(&payloads).await.map_err(|e| e.to_string())?;
+    queue
+        .enqueue_many(&payloads)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(ids.len())
 }

@@ -10,9 +10,9 @@ pub mod db;
 pub mod ids;
 pub mod keys;
 pub mod net;
+pub mod pagination;
 #[path = "queue_shim.rs"]
 pub mod queue;
-pub mod pagination;
 pub mod redis_conn;
 pub mod runs;
 pub mod schedule;

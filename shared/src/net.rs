@@ -105,7 +105,19 @@ mod tests {
 
     #[test]
     fn internal_addresses_are_not_public() {
-        for ip in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0", "::1", "fe80::1", "fd00::1", "::ffff:127.0.0.1"] {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+        ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }
         for ip in ["1.1.1.1", "8.8.8.8", "2606:4700::1111"] {
@@ -116,11 +128,26 @@ mod tests {
     #[test]
     fn destinations_are_checked_by_form_and_literal_address() {
         assert!(validate_destination("https://example.com/hook", false).is_ok());
-        assert!(matches!(validate_destination("ftp://example.com", false), Err(UrlError::Scheme)));
-        assert!(matches!(validate_destination("http://127.0.0.1:8080", false), Err(UrlError::Private)));
-        assert!(matches!(validate_destination("http://localhost/x", false), Err(UrlError::Private)));
-        assert!(matches!(validate_destination("http://[::1]/x", false), Err(UrlError::Private)));
+        assert!(matches!(
+            validate_destination("ftp://example.com", false),
+            Err(UrlError::Scheme)
+        ));
+        assert!(matches!(
+            validate_destination("http://127.0.0.1:8080", false),
+            Err(UrlError::Private)
+        ));
+        assert!(matches!(
+            validate_destination("http://localhost/x", false),
+            Err(UrlError::Private)
+        ));
+        assert!(matches!(
+            validate_destination("http://[::1]/x", false),
+            Err(UrlError::Private)
+        ));
         assert!(validate_destination("http://127.0.0.1:8080", true).is_ok());
-        assert!(matches!(validate_destination("http://u:p@example.com", true), Err(UrlError::Credentials)));
+        assert!(matches!(
+            validate_destination("http://u:p@example.com", true),
+            Err(UrlError::Credentials)
+        ));
     }
 }

@@ -54,7 +54,8 @@ impl Schedule {
                 )))
             }
         };
-        let cron = cron::Schedule::from_str(&full).map_err(|e| ScheduleError::Cron(e.to_string()))?;
+        let cron =
+            cron::Schedule::from_str(&full).map_err(|e| ScheduleError::Cron(e.to_string()))?;
         if cron.upcoming(tz).next().is_none() {
             return Err(ScheduleError::Cron("never fires".into()));
         }
@@ -79,15 +80,32 @@ mod tests {
         let s = Schedule::parse("0 7 * * *", "Europe/Paris").unwrap();
         let after: DateTime<Utc> = "2026-01-15T10:00:00Z".parse().unwrap();
         // 07:00 in Paris in winter is 06:00 UTC, the next day.
-        assert_eq!(s.next_after(after).unwrap(), "2026-01-16T06:00:00Z".parse::<DateTime<Utc>>().unwrap());
+        assert_eq!(
+            s.next_after(after).unwrap(),
+            "2026-01-16T06:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
         let s = Schedule::parse("*/10 * * * * *", "UTC").unwrap();
-        assert_eq!(s.next_after(after).unwrap(), "2026-01-15T10:00:10Z".parse::<DateTime<Utc>>().unwrap());
+        assert_eq!(
+            s.next_after(after).unwrap(),
+            "2026-01-15T10:00:10Z".parse::<DateTime<Utc>>().unwrap()
+        );
     }
 
     #[test]
     fn bad_input_names_its_field() {
-        assert_eq!(Schedule::parse("0 7 * *", "UTC").unwrap_err().field(), "schedule");
-        assert_eq!(Schedule::parse("0 99 * * *", "UTC").unwrap_err().field(), "schedule");
-        assert_eq!(Schedule::parse("0 7 * * *", "Mars/Olympus").unwrap_err().field(), "timezone");
+        assert_eq!(
+            Schedule::parse("0 7 * *", "UTC").unwrap_err().field(),
+            "schedule"
+        );
+        assert_eq!(
+            Schedule::parse("0 99 * * *", "UTC").unwrap_err().field(),
+            "schedule"
+        );
+        assert_eq!(
+            Schedule::parse("0 7 * * *", "Mars/Olympus")
+                .unwrap_err()
+                .field(),
+            "timezone"
+        );
     }
 }

@@ -40,17 +40,26 @@ pub fn sign(secret: &str, msg_id: &str, timestamp: i64, body: &[u8]) -> Result<S
 
 /// Whether any `v1,` signature in a space-separated header matches (constant-time compare).
 pub fn verify(secret: &str, msg_id: &str, timestamp: i64, body: &[u8], header: &str) -> bool {
-    let Ok(key) = key_bytes(secret) else { return false };
-    header.split(' ').filter_map(|s| s.strip_prefix("v1,")).any(|sig| {
-        let Ok(sig) = B64.decode(sig) else { return false };
-        let Ok(mut mac) = HmacSha256::new_from_slice(&key) else { return false };
-        mac.update(msg_id.as_bytes());
-        mac.update(b".");
-        mac.update(timestamp.to_string().as_bytes());
-        mac.update(b".");
-        mac.update(body);
-        mac.verify_slice(&sig).is_ok()
-    })
+    let Ok(key) = key_bytes(secret) else {
+        return false;
+    };
+    header
+        .split(' ')
+        .filter_map(|s| s.strip_prefix("v1,"))
+        .any(|sig| {
+            let Ok(sig) = B64.decode(sig) else {
+                return false;
+            };
+            let Ok(mut mac) = HmacSha256::new_from_slice(&key) else {
+                return false;
+            };
+            mac.update(msg_id.as_bytes());
+            mac.update(b".");
+            mac.update(timestamp.to_string().as_bytes());
+            mac.update(b".");
+            mac.update(body);
+            mac.verify_slice(&sig).is_ok()
+        })
 }
 
 #[cfg(test)]
@@ -82,7 +91,13 @@ mod tests {
         let secret = new_secret();
         let good = sign(&secret, "id", 5, b"body").unwrap();
         assert!(verify(&secret, "id", 5, b"body", &good));
-        assert!(verify(&secret, "id", 5, b"body", &format!("v1,AAAA {good}")));
+        assert!(verify(
+            &secret,
+            "id",
+            5,
+            b"body",
+            &format!("v1,AAAA {good}")
+        ));
         assert!(!verify(&secret, "id", 5, b"bodx", &good));
         assert!(!verify(&secret, "id", 6, b"body", &good));
         assert!(!verify(&new_secret(), "id", 5, b"body", &good));

@@ -17,7 +17,9 @@ use agentq_shared::scopes::ScopeSet;
 use agentq_shared::{db, teams as team_db};
 use agentq_worker::WorkerConfig;
 
-use super::args::{AllArgs, ApiArgs, KeysCommand, SchedulerArgs, StoreArgs, TeamsCommand, TuningArgs, WorkerArgs};
+use super::args::{
+    AllArgs, ApiArgs, KeysCommand, SchedulerArgs, StoreArgs, TeamsCommand, TuningArgs, WorkerArgs,
+};
 use super::Failure;
 use agentq_shared::config::ConfigError;
 
@@ -74,11 +76,18 @@ fn seconds(name: &'static str, v: f64) -> Result<Duration, ConfigError> {
     if v.is_finite() && v > 0.0 && v < 1e9 {
         Ok(Duration::from_secs_f64(v))
     } else {
-        Err(ConfigError::invalid(name, "must be a positive number of seconds"))
+        Err(ConfigError::invalid(
+            name,
+            "must be a positive number of seconds",
+        ))
     }
 }
 
-fn api_config(store: StoreConfig, t: &TuningArgs, args: &ApiArgs) -> Result<ApiConfig, ConfigError> {
+fn api_config(
+    store: StoreConfig,
+    t: &TuningArgs,
+    args: &ApiArgs,
+) -> Result<ApiConfig, ConfigError> {
     if args.body_limit == 0 {
         return Err(ConfigError::invalid(
             "AGENTQ_BODY_LIMIT",
@@ -93,9 +102,16 @@ fn api_config(store: StoreConfig, t: &TuningArgs, args: &ApiArgs) -> Result<ApiC
     Ok(config)
 }
 
-fn worker_config(store: StoreConfig, t: &TuningArgs, args: &WorkerArgs) -> Result<WorkerConfig, ConfigError> {
+fn worker_config(
+    store: StoreConfig,
+    t: &TuningArgs,
+    args: &WorkerArgs,
+) -> Result<WorkerConfig, ConfigError> {
     if args.concurrency == 0 {
-        return Err(ConfigError::invalid("AGENTQ_WORKER_CONCURRENCY", "must be at least 1"));
+        return Err(ConfigError::invalid(
+            "AGENTQ_WORKER_CONCURRENCY",
+            "must be at least 1",
+        ));
     }
     let mut config = WorkerConfig::new(store);
     config.concurrency = args.concurrency;
@@ -107,7 +123,11 @@ fn worker_config(store: StoreConfig, t: &TuningArgs, args: &WorkerArgs) -> Resul
     Ok(config)
 }
 
-fn scheduler_config(store: StoreConfig, t: &TuningArgs, args: &SchedulerArgs) -> Result<SchedulerConfig, ConfigError> {
+fn scheduler_config(
+    store: StoreConfig,
+    t: &TuningArgs,
+    args: &SchedulerArgs,
+) -> Result<SchedulerConfig, ConfigError> {
     let mut config = SchedulerConfig::new(store);
     config.stale_after = seconds("AGENTQ_STALE_AFTER_SECONDS", t.stale_after_seconds)?;
     config.requeue_after = seconds("AGENTQ_REQUEUE_AFTER_SECONDS", args.requeue_after_seconds)?;
@@ -121,13 +141,21 @@ pub(crate) async fn serve_api(s: &StoreArgs, t: &TuningArgs, args: ApiArgs) -> R
     Ok(())
 }
 
-pub(crate) async fn serve_worker(s: &StoreArgs, t: &TuningArgs, args: WorkerArgs) -> Result<(), Failure> {
+pub(crate) async fn serve_worker(
+    s: &StoreArgs,
+    t: &TuningArgs,
+    args: WorkerArgs,
+) -> Result<(), Failure> {
     let config = worker_config(store_config(s)?, t, &args)?;
     agentq_worker::run(config, stopped(shutdown_signal())).await?;
     Ok(())
 }
 
-pub(crate) async fn serve_scheduler(s: &StoreArgs, t: &TuningArgs, args: SchedulerArgs) -> Result<(), Failure> {
+pub(crate) async fn serve_scheduler(
+    s: &StoreArgs,
+    t: &TuningArgs,
+    args: SchedulerArgs,
+) -> Result<(), Failure> {
     let config = scheduler_config(store_config(s)?, t, &args)?;
     agentq_scheduler::run(config, stopped(shutdown_signal())).await?;
     Ok(())

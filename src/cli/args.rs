@@ -73,7 +73,12 @@ pub(crate) struct TuningArgs {
     pub(crate) allow_private_networks: bool,
 
     /// A running run whose worker showed no life for this long is taken over (seconds).
-    #[arg(long, env = "AGENTQ_STALE_AFTER_SECONDS", global = true, default_value_t = 10.0)]
+    #[arg(
+        long,
+        env = "AGENTQ_STALE_AFTER_SECONDS",
+        global = true,
+        default_value_t = 10.0
+    )]
     pub(crate) stale_after_seconds: f64,
 }
 

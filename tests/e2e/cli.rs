@@ -113,7 +113,8 @@ async fn keys_create_prints_only_the_key_and_list_and_revoke_work() {
 #[test]
 fn missing_or_malformed_settings_stop_start_up_naming_them() {
     let redis = redis_url();
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             vec!["api"],
             vec![("REDIS_URL", redis.as_str())],

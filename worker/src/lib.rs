@@ -70,7 +70,10 @@ pub enum WorkerError {
 }
 
 /// Connects to the stores and runs until `shutdown` resolves.
-pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()> + Send) -> Result<(), WorkerError> {
+pub async fn run(
+    config: WorkerConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), WorkerError> {
     let _ = (Arc::new(config), shutdown);
     Err(WorkerError::Queue("not wired yet".into()))
 }

@@ -23,7 +23,8 @@ struct PublicOnly;
 impl Resolve for PublicOnly {
     fn resolve(&self, name: Name) -> Resolving {
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
             let public: Vec<SocketAddr> = addrs.into_iter().filter(|a| is_public(a.ip())).collect();
             if public.is_empty() {
                 return Err(Box::new(UrlError::Private) as Box<dyn std::error::Error + Send + Sync>);
@@ -44,7 +45,10 @@ impl SafeClient {
         if !allow_private {
             b = b.dns_resolver(Arc::new(PublicOnly));
         }
-        Ok(Self { http: b.build()?, allow_private })
+        Ok(Self {
+            http: b.build()?,
+            allow_private,
+        })
     }
 
     /// Checks a URL before a request: form, and literal addresses (which skip DNS).

@@ -93,7 +93,10 @@ impl UpdateAgent {
             },
         };
         if self.runtime.is_some() && self.config.is_none() {
-            return Err(ApiError::invalid_field("config", "is required when the runtime changes"));
+            return Err(ApiError::invalid_field(
+                "config",
+                "is required when the runtime changes",
+            ));
         }
         Valid {
             name: self.name.unwrap_or_else(|| a.name.clone()),
@@ -112,10 +115,20 @@ impl Valid {
     fn checked(mut self, allow_private: bool) -> Result<Self, ApiError> {
         self.name = self.name.trim().to_owned();
         if self.name.is_empty() || self.name.chars().count() > 200 {
-            return Err(ApiError::invalid_field("name", "must be 1 to 200 characters"));
+            return Err(ApiError::invalid_field(
+                "name",
+                "must be 1 to 200 characters",
+            ));
         }
-        if self.description.as_ref().is_some_and(|d| d.chars().count() > 2000) {
-            return Err(ApiError::invalid_field("description", "must be at most 2000 characters"));
+        if self
+            .description
+            .as_ref()
+            .is_some_and(|d| d.chars().count() > 2000)
+        {
+            return Err(ApiError::invalid_field(
+                "description",
+                "must be at most 2000 characters",
+            ));
         }
         let parsed = config::validate(&self.runtime, &self.config)
             .map_err(|e| ApiError::invalid_field(&e.field, e.problem))?;
@@ -125,13 +138,20 @@ impl Valid {
         }
         schedule::parse_zone(&self.timezone).map_err(|e| ApiError::invalid_field(e.field(), e))?;
         if let Some(s) = &self.schedule {
-            Schedule::parse(s, &self.timezone).map_err(|e| ApiError::invalid_field(e.field(), e))?;
+            Schedule::parse(s, &self.timezone)
+                .map_err(|e| ApiError::invalid_field(e.field(), e))?;
         }
         if !(1..=10_000).contains(&self.limits.max_concurrent_runs) {
-            return Err(ApiError::invalid_field("limits.max_concurrent_runs", "must be between 1 and 10000"));
+            return Err(ApiError::invalid_field(
+                "limits.max_concurrent_runs",
+                "must be between 1 and 10000",
+            ));
         }
         if !(1..=86_400).contains(&self.limits.max_run_seconds) {
-            return Err(ApiError::invalid_field("limits.max_run_seconds", "must be between 1 and 86400"));
+            return Err(ApiError::invalid_field(
+                "limits.max_run_seconds",
+                "must be between 1 and 86400",
+            ));
         }
         Ok(self)
     }

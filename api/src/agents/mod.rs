@@ -47,7 +47,11 @@ pub(crate) fn agent_json(a: &Agent) -> Value {
 }
 
 /// Loads an agent the key may see, or 404 (also for other teams' and restricted agents).
-pub(crate) async fn visible_agent(state: &AppState, auth: &Auth, id: AgentId) -> Result<Agent, ApiError> {
+pub(crate) async fn visible_agent(
+    state: &AppState,
+    auth: &Auth,
+    id: AgentId,
+) -> Result<Agent, ApiError> {
     if !auth.can_access_agent(id) {
         return Err(ApiError::not_found("Agent"));
     }
@@ -271,7 +275,11 @@ async fn set_status(
         .await?;
         released.sort();
     }
-    let action = if status == "active" { "agent.resumed" } else { "agent.paused" };
+    let action = if status == "active" {
+        "agent.resumed"
+    } else {
+        "agent.paused"
+    };
     audit_agent(&mut tx, auth, &agent, action).await?;
     tx.commit().await?;
     Ok((agent, released))

@@ -18,7 +18,11 @@ use crate::state::AppState;
 const BATCH: i64 = 200;
 
 /// The SSE response for a run, starting after step `after`.
-pub(crate) fn stream(state: AppState, run: RunId, after: i32) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+pub(crate) fn stream(
+    state: AppState,
+    run: RunId,
+    after: i32,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let body = async_stream::stream! {
         let mut sub = state.hub.subscribe(run);
         let mut stopping = state.stopping.subscribe();

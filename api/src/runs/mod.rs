@@ -46,7 +46,9 @@ pub(crate) async fn visible_run(state: &AppState, auth: &Auth, id: RunId) -> Res
 
 /// The agent (deleted or not: its runs stay readable) the key may see, or 404.
 async fn readable_agent(state: &AppState, auth: &Auth, id: AgentId) -> Result<(), ApiError> {
-    if auth.can_access_agent(id) && agents::exists_including_deleted(&state.db, auth.team_id(), id).await? {
+    if auth.can_access_agent(id)
+        && agents::exists_including_deleted(&state.db, auth.team_id(), id).await?
+    {
         Ok(())
     } else {
         Err(ApiError::not_found("Agent"))
@@ -87,8 +89,15 @@ async fn list(
         }
     }
     let cursor = Cursor::new(q.limit, q.cursor.as_deref())?;
-    let filter = RunFilter { status, trigger: q.trigger, from: q.from, to: q.to };
-    Ok(Json(runs::list_for_agent(&state.db, auth.team_id(), id, &filter, &cursor).await?))
+    let filter = RunFilter {
+        status,
+        trigger: q.trigger,
+        from: q.from,
+        to: q.to,
+    };
+    Ok(Json(
+        runs::list_for_agent(&state.db, auth.team_id(), id, &filter, &cursor).await?,
+    ))
 }
 
 async fn show(
@@ -115,7 +124,10 @@ async fn cancel(
         CancelOutcome::Requested(run) => Ok((StatusCode::ACCEPTED, Json(run)).into_response()),
         CancelOutcome::AlreadyFinished(run) => Err(ApiError::conflict(
             "run_finished",
-            format!("This run has already ended ({}); it cannot be cancelled.", run.status),
+            format!(
+                "This run has already ended ({}); it cannot be cancelled.",
+                run.status
+            ),
         )),
         CancelOutcome::NotFound => Err(ApiError::not_found("Run")),
     }
@@ -140,13 +152,20 @@ async fn run_messages(
     let limit = Cursor::new(q.limit, None)?.limit;
     let after: i32 = match q.cursor.as_deref() {
         None | Some("") => 0,
-        Some(c) => c.parse().map_err(|_| ApiError::validation("cursor is not valid"))?,
+        Some(c) => c
+            .parse()
+            .map_err(|_| ApiError::validation("cursor is not valid"))?,
     };
     let mut rows = steps::after(&state.db, id, after, limit + 1).await?;
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
-    let next_cursor = more.then(|| rows.last().map(|s| s.seq.to_string())).flatten();
-    Ok(Json(Page { data: rows, next_cursor }))
+    let next_cursor = more
+        .then(|| rows.last().map(|s| s.seq.to_string()))
+        .flatten();
+    Ok(Json(Page {
+        data: rows,
+        next_cursor,
+    }))
 }
 
 async fn agent_messages(
@@ -171,7 +190,10 @@ async fn events(
     visible_run(&state, &auth, id).await?;
     let last: i32 = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
         None => 0,
-        Some(v) => v.trim().parse().map_err(|_| ApiError::validation("Last-Event-ID must be a step sequence number"))?,
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| ApiError::validation("Last-Event-ID must be a step sequence number"))?,
     };
     Ok(events::stream(state, id, last).into_response())
 }

@@ -102,7 +102,10 @@ pub fn validate(runtime: &str, config: &Value) -> Result<RuntimeConfig, FieldErr
         "scripted" => {
             for key in obj.keys() {
                 if key != "steps" {
-                    return Err(err(format!("config.{key}"), "unknown field for a scripted agent"));
+                    return Err(err(
+                        format!("config.{key}"),
+                        "unknown field for a scripted agent",
+                    ));
                 }
             }
             let steps = obj
@@ -117,11 +120,14 @@ pub fn validate(runtime: &str, config: &Value) -> Result<RuntimeConfig, FieldErr
         "http" => {
             for key in obj.keys() {
                 if !["url", "timeout_seconds", "max_retries"].contains(&key.as_str()) {
-                    return Err(err(format!("config.{key}"), "unknown field for an http agent"));
+                    return Err(err(
+                        format!("config.{key}"),
+                        "unknown field for an http agent",
+                    ));
                 }
             }
-            let c: HttpConfig = serde_json::from_value(config.clone())
-                .map_err(|e| err("config", e.to_string()))?;
+            let c: HttpConfig =
+                serde_json::from_value(config.clone()).map_err(|e| err("config", e.to_string()))?;
             crate::net::validate_url(&c.url).map_err(|e| err("config.url", e.to_string()))?;
             if !(1..=300).contains(&c.timeout_seconds) {
                 return Err(err("config.timeout_seconds", "must be between 1 and 300"));
@@ -165,7 +171,12 @@ fn validate_step(path: &str, i: usize, step: &Value) -> Result<ScriptStep, Field
         ["sleep_ms"] => &["sleep_ms"],
         ["fail"] => &["fail"],
         [] => return Err(err(at(""), "needs one of reply, tool, sleep_ms, fail")),
-        _ => return Err(err(at(""), "has more than one of reply, tool, sleep_ms, fail")),
+        _ => {
+            return Err(err(
+                at(""),
+                "has more than one of reply, tool, sleep_ms, fail",
+            ))
+        }
     };
     if let Some(extra) = obj.keys().find(|k| !allowed.contains(&k.as_str())) {
         return Err(err(at(&format!(".{extra}")), "unknown field"));
@@ -180,7 +191,10 @@ fn validate_step(path: &str, i: usize, step: &Value) -> Result<ScriptStep, Field
                 .as_str()
                 .filter(|t| !t.trim().is_empty() && t.len() <= 200)
                 .ok_or_else(|| err(at(".tool"), "must be a tool name (1 to 200 characters)"))?;
-            let arguments = obj.get("arguments").cloned().unwrap_or(Value::Object(Default::default()));
+            let arguments = obj
+                .get("arguments")
+                .cloned()
+                .unwrap_or(Value::Object(Default::default()));
             if !arguments.is_object() {
                 return Err(err(at(".arguments"), "must be an object"));
             }
@@ -192,7 +206,10 @@ fn validate_step(path: &str, i: usize, step: &Value) -> Result<ScriptStep, Field
         }
         "sleep_ms" => match obj["sleep_ms"].as_u64() {
             Some(ms) if ms <= MAX_SLEEP_MS => Ok(ScriptStep::Sleep { sleep_ms: ms }),
-            _ => Err(err(at(".sleep_ms"), format!("must be a whole number from 0 to {MAX_SLEEP_MS}"))),
+            _ => Err(err(
+                at(".sleep_ms"),
+                format!("must be a whole number from 0 to {MAX_SLEEP_MS}"),
+            )),
         },
         _ => match &obj["fail"] {
             Value::String(s) => Ok(ScriptStep::Fail { fail: s.clone() }),
@@ -213,7 +230,9 @@ mod tests {
             &json!({"steps": [{"reply": "hi {{input}}"}, {"tool": "lookup", "arguments": {"q": 1}, "result": {"a": 2}}, {"sleep_ms": 5}, {"fail": "no"}]}),
         )
         .unwrap();
-        let RuntimeConfig::Scripted(s) = c else { panic!("scripted") };
+        let RuntimeConfig::Scripted(s) = c else {
+            panic!("scripted")
+        };
         assert_eq!(s.steps.len(), 4);
         assert!(matches!(&s.steps[2], ScriptStep::Sleep { sleep_ms: 5 }));
     }
@@ -222,11 +241,20 @@ mod tests {
     fn errors_name_the_field() {
         let cases = [
             (json!({"steps": [{"reply": 1}]}), "config.steps[0].reply"),
-            (json!({"steps": [{"reply": "a"}, {"sleep_ms": -1}]}), "config.steps[1].sleep_ms"),
+            (
+                json!({"steps": [{"reply": "a"}, {"sleep_ms": -1}]}),
+                "config.steps[1].sleep_ms",
+            ),
             (json!({"steps": [{"nothing": 1}]}), "config.steps[0]"),
-            (json!({"steps": [{"reply": "a", "fail": "b"}]}), "config.steps[0]"),
+            (
+                json!({"steps": [{"reply": "a", "fail": "b"}]}),
+                "config.steps[0]",
+            ),
             (json!({"steps": [{"tool": ""}]}), "config.steps[0].tool"),
-            (json!({"steps": [{"reply": "a", "colour": 1}]}), "config.steps[0].colour"),
+            (
+                json!({"steps": [{"reply": "a", "colour": 1}]}),
+                "config.steps[0].colour",
+            ),
             (json!({}), "config.steps"),
             (json!({"steps": 3}), "config.steps"),
             (json!([]), "config"),
@@ -236,9 +264,19 @@ mod tests {
             assert_eq!(e.field, field, "{config}");
         }
         assert_eq!(validate("llm", &json!({})).unwrap_err().field, "runtime");
-        assert_eq!(validate("http", &json!({"url": "ftp://x"})).unwrap_err().field, "config.url");
         assert_eq!(
-            validate("http", &json!({"url": "https://example.com", "timeout_seconds": 0})).unwrap_err().field,
+            validate("http", &json!({"url": "ftp://x"}))
+                .unwrap_err()
+                .field,
+            "config.url"
+        );
+        assert_eq!(
+            validate(
+                "http",
+                &json!({"url": "https://example.com", "timeout_seconds": 0})
+            )
+            .unwrap_err()
+            .field,
             "config.timeout_seconds"
         );
     }

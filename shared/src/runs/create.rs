@@ -82,7 +82,11 @@ pub enum CreateError {
 }
 
 /// Records the run in one transaction, then enqueues it unless its agent is paused.
-pub async fn create_run(pool: &PgPool, queue: &Queue, new: NewRun<'_>) -> Result<Created, CreateError> {
+pub async fn create_run(
+    pool: &PgPool,
+    queue: &Queue,
+    new: NewRun<'_>,
+) -> Result<Created, CreateError> {
     let created = insert(pool, new).await?;
     if let Created::New(run) = &created {
         if !run.held {

@@ -74,7 +74,8 @@ impl Run {
 }
 
 /// Columns of [`Run`].
-pub const RUN_COLUMNS: &str = "id, team_id, agent_id, status, held, trigger, input, output, error, \
+pub const RUN_COLUMNS: &str =
+    "id, team_id, agent_id, status, held, trigger, input, output, error, \
     attempts, cancel_requested, created_at, started_at, finished_at, usage, script_pos, next_seq, \
     heartbeat_at, deadline_at";
 
@@ -93,12 +94,18 @@ impl RunJob {
 }
 
 /// A run of a team.
-pub async fn get(db: impl PgExecutor<'_>, team_id: TeamId, id: RunId) -> Result<Option<Run>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1 AND team_id = $2"))
-        .bind(id)
-        .bind(team_id)
-        .fetch_optional(db)
-        .await
+pub async fn get(
+    db: impl PgExecutor<'_>,
+    team_id: TeamId,
+    id: RunId,
+) -> Result<Option<Run>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {RUN_COLUMNS} FROM runs WHERE id = $1 AND team_id = $2"
+    ))
+    .bind(id)
+    .bind(team_id)
+    .fetch_optional(db)
+    .await
 }
 
 /// A run by id alone, for the worker.
@@ -166,7 +173,11 @@ pub enum CancelOutcome {
 }
 
 /// Cancels a run: at once if queued or waiting, else by flagging it for its worker.
-pub async fn cancel(pool: &sqlx::PgPool, team_id: TeamId, id: RunId) -> Result<CancelOutcome, sqlx::Error> {
+pub async fn cancel(
+    pool: &sqlx::PgPool,
+    team_id: TeamId,
+    id: RunId,
+) -> Result<CancelOutcome, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let done: Option<Run> = sqlx::query_as(&format!(
         "UPDATE runs SET status = 'cancelled', held = false, finished_at = now(), error = 'cancelled on request'

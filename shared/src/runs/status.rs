@@ -138,7 +138,10 @@ mod tests {
     #[test]
     fn terminal_states_go_nowhere() {
         for from in RunStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
-            assert!(RunStatus::ALL.iter().all(|to| !from.can_become(*to)), "{from}");
+            assert!(
+                RunStatus::ALL.iter().all(|to| !from.can_become(*to)),
+                "{from}"
+            );
         }
     }
 

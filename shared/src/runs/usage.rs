@@ -110,5 +110,11 @@ where
     .bind(only)
     .fetch_all(db)
     .await?;
-    Ok(Report { from, to, totals, by_day, by_agent })
+    Ok(Report {
+        from,
+        to,
+        totals,
+        by_day,
+        by_agent,
+    })
 }

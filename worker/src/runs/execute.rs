@@ -48,7 +48,11 @@ pub(super) async fn execute(ctx: &Ctx, lease: Lease, agent: Agent) -> Result<(),
         tracing::info!("lease lost; another worker owns the run now");
         return Ok(());
     };
-    let ending = Ending { status, output: output.as_deref(), error: error.as_deref() };
+    let ending = Ending {
+        status,
+        output: output.as_deref(),
+        error: error.as_deref(),
+    };
     if store::finish(&ctx.db, &lease, ending).await? {
         metrics::counter!("agentq_runs_finished_total", "status" => status.as_str()).increment(1);
         tracing::info!(status = %status, "run finished");
@@ -63,7 +67,9 @@ async fn heartbeat(ctx: Ctx, lease: Lease, tx: watch::Sender<Signal>) {
     loop {
         tick.tick().await;
         match store::heartbeat(&ctx.db, &lease).await {
-            Ok(Written::Ok { cancel_requested: true }) => {
+            Ok(Written::Ok {
+                cancel_requested: true,
+            }) => {
                 let _ = tx.send(Signal::Cancel);
             }
             Ok(Written::Ok { .. }) => {}
@@ -77,7 +83,15 @@ async fn heartbeat(ctx: Ctx, lease: Lease, tx: watch::Sender<Signal>) {
 }
 
 fn step(kind: &'static str, role: &'static str, content: Option<String>) -> NewStep {
-    NewStep { kind, role, content, tool_name: None, tool_call_id: None, arguments: None, result: None }
+    NewStep {
+        kind,
+        role,
+        content,
+        tool_name: None,
+        tool_call_id: None,
+        arguments: None,
+        result: None,
+    }
 }
 
 fn input_text(input: &Value) -> Option<String> {
@@ -88,7 +102,12 @@ fn input_text(input: &Value) -> Option<String> {
     }
 }
 
-async fn run_steps(ctx: &Ctx, lease: &Lease, agent: &Agent, signal: &mut watch::Receiver<Signal>) -> Result<End, JobError> {
+async fn run_steps(
+    ctx: &Ctx,
+    lease: &Lease,
+    agent: &Agent,
+    signal: &mut watch::Receiver<Signal>,
+) -> Result<End, JobError> {
     let Some(run) = runs::get_any(&ctx.db, lease.run).await? else {
         return Ok(End::Lost);
     };
@@ -117,7 +136,12 @@ async fn run_steps(ctx: &Ctx, lease: &Lease, agent: &Agent, signal: &mut watch::
             Signal::Lost => return Ok(End::Lost),
             Signal::Go => {}
         }
-        let progress = Progress { run: &run, agent, steps: &history, position: position as usize };
+        let progress = Progress {
+            run: &run,
+            agent,
+            steps: &history,
+            position: position as usize,
+        };
         let action = match until_deadline(lease, signal, runtime.next(&progress)).await {
             Wait::Done(Ok(a)) => a,
             Wait::Done(Err(e)) => {
@@ -133,15 +157,31 @@ async fn run_steps(ctx: &Ctx, lease: &Lease, agent: &Agent, signal: &mut watch::
                 last_reply = Some(text.clone());
                 vec![step("message", "assistant", Some(text))]
             }
-            Action::Tool { name, arguments, result } => {
+            Action::Tool {
+                name,
+                arguments,
+                result,
+            } => {
                 let call_id = format!("call_{}", uuid::Uuid::now_v7().simple());
                 vec![
-                    NewStep { tool_name: Some(name.clone()), tool_call_id: Some(call_id.clone()), arguments: Some(arguments), ..step("tool_call", "assistant", None) },
-                    NewStep { tool_name: Some(name), tool_call_id: Some(call_id), result: Some(result), ..step("tool_result", "tool", None) },
+                    NewStep {
+                        tool_name: Some(name.clone()),
+                        tool_call_id: Some(call_id.clone()),
+                        arguments: Some(arguments),
+                        ..step("tool_call", "assistant", None)
+                    },
+                    NewStep {
+                        tool_name: Some(name),
+                        tool_call_id: Some(call_id),
+                        result: Some(result),
+                        ..step("tool_result", "tool", None)
+                    },
                 ]
             }
             Action::Sleep(d) => {
-                if let Wait::Interrupted(end) = until_deadline(lease, signal, tokio::time::sleep(d)).await {
+                if let Wait::Interrupted(end) =
+                    until_deadline(lease, signal, tokio::time::sleep(d)).await
+                {
                     return Ok(end.with_output(last_reply));
                 }
                 vec![]
@@ -149,12 +189,18 @@ async fn run_steps(ctx: &Ctx, lease: &Lease, agent: &Agent, signal: &mut watch::
             Action::Fail(reason) => {
                 let err_step = step("error", "system", Some(reason.clone()));
                 match write(ctx, lease, position, None, vec![err_step]).await? {
-                    Flow::Go => return Ok(End::Finished(RunStatus::Failed, last_reply, Some(reason))),
+                    Flow::Go => {
+                        return Ok(End::Finished(RunStatus::Failed, last_reply, Some(reason)))
+                    }
                     Flow::Stop(end) => return Ok(end),
                 }
             }
             Action::Done { output } => {
-                return Ok(End::Finished(RunStatus::Succeeded, output.or(last_reply), None));
+                return Ok(End::Finished(
+                    RunStatus::Succeeded,
+                    output.or(last_reply),
+                    None,
+                ));
             }
         };
         let reply = last_reply.clone();
@@ -169,7 +215,11 @@ async fn run_steps(ctx: &Ctx, lease: &Lease, agent: &Agent, signal: &mut watch::
 }
 
 fn cancelled(output: Option<String>) -> End {
-    End::Finished(RunStatus::Cancelled, output, Some("cancelled on request".into()))
+    End::Finished(
+        RunStatus::Cancelled,
+        output,
+        Some("cancelled on request".into()),
+    )
 }
 
 impl End {
@@ -187,7 +237,13 @@ enum Flow {
 }
 
 /// Writes steps (possibly none: then only the resume point moves) and rings the doorbell.
-async fn write(ctx: &Ctx, lease: &Lease, position: i32, output: Option<&str>, new: Vec<NewStep>) -> Result<Flow, JobError> {
+async fn write(
+    ctx: &Ctx,
+    lease: &Lease,
+    position: i32,
+    output: Option<&str>,
+    new: Vec<NewStep>,
+) -> Result<Flow, JobError> {
     let has_steps = !new.is_empty();
     match store::write_steps(&ctx.db, lease, position, output, &new).await? {
         Written::Lost => Ok(Flow::Stop(End::Lost)),
@@ -210,10 +266,20 @@ enum Wait<T> {
 }
 
 /// Awaits `fut` unless the run's deadline passes, a cancel arrives, or the lease is lost.
-async fn until_deadline<T>(lease: &Lease, signal: &mut watch::Receiver<Signal>, fut: impl std::future::Future<Output = T>) -> Wait<T> {
-    let left = (lease.deadline - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+async fn until_deadline<T>(
+    lease: &Lease,
+    signal: &mut watch::Receiver<Signal>,
+    fut: impl std::future::Future<Output = T>,
+) -> Wait<T> {
+    let left = (lease.deadline - Utc::now())
+        .to_std()
+        .unwrap_or(Duration::ZERO);
     let timed_out = || {
-        Wait::Interrupted(End::Finished(RunStatus::TimedOut, None, Some("run exceeded its max duration".into())))
+        Wait::Interrupted(End::Finished(
+            RunStatus::TimedOut,
+            None,
+            Some("run exceeded its max duration".into()),
+        ))
     };
     if left.is_zero() {
         return timed_out();

@@ -42,7 +42,8 @@ pub async fn handle(ctx: &Ctx, job: RunJob, deliveries: u64) -> Result<(), JobEr
             }
             Start::Busy => {
                 // At the agent's concurrency limit: look again shortly, without holding a slot.
-                let delay = Duration::from_millis(200 + u64::from(uuid::Uuid::now_v7().as_bytes()[15]));
+                let delay =
+                    Duration::from_millis(200 + u64::from(uuid::Uuid::now_v7().as_bytes()[15]));
                 ctx.runs
                     .enqueue_after(&RunJob::payload(run.id), delay)
                     .await
@@ -55,7 +56,10 @@ pub async fn handle(ctx: &Ctx, job: RunJob, deliveries: u64) -> Result<(), JobEr
             let stale = ctx.config.stale_after.as_secs_f64();
             match store::take_over(&ctx.db, run.id, run.attempts, stale).await? {
                 Some(lease) => {
-                    tracing::warn!(attempt = lease.attempt, "took over a run whose worker stopped");
+                    tracing::warn!(
+                        attempt = lease.attempt,
+                        "took over a run whose worker stopped"
+                    );
                     lease
                 }
                 None => return Ok(()),

@@ -26,7 +26,11 @@ struct LeaseRow {
 
 impl LeaseRow {
     fn lease(self, run: RunId) -> Lease {
-        Lease { run, attempt: self.attempts, deadline: self.deadline_at }
+        Lease {
+            run,
+            attempt: self.attempts,
+            deadline: self.deadline_at,
+        }
     }
 }
 
@@ -62,10 +66,11 @@ pub(crate) async fn start(db: &PgPool, run: RunId, agent: AgentId) -> Result<Sta
         tx.commit().await?;
         return Ok(Start::Held);
     }
-    let running: i64 = sqlx::query_scalar("SELECT count(*) FROM runs WHERE agent_id = $1 AND status = 'running'")
-        .bind(agent)
-        .fetch_one(&mut *tx)
-        .await?;
+    let running: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM runs WHERE agent_id = $1 AND status = 'running'")
+            .bind(agent)
+            .fetch_one(&mut *tx)
+            .await?;
     if running >= i64::from(max_concurrent) {
         return Ok(Start::Busy);
     }
@@ -97,7 +102,12 @@ fn only_queued() -> Vec<&'static str> {
 }
 
 /// running → running by another worker, when the holder stopped showing life for `stale_secs`.
-pub(crate) async fn take_over(db: &PgPool, run: RunId, seen_attempt: i32, stale_secs: f64) -> Result<Option<Lease>, sqlx::Error> {
+pub(crate) async fn take_over(
+    db: &PgPool,
+    run: RunId,
+    seen_attempt: i32,
+    stale_secs: f64,
+) -> Result<Option<Lease>, sqlx::Error> {
     let row: Option<LeaseRow> = sqlx::query_as(
         "UPDATE runs SET attempts = attempts + 1, heartbeat_at = now()
          WHERE id = $1 AND status = 'running' AND attempts = $2
@@ -207,8 +217,16 @@ pub(crate) struct Ending<'a> {
 
 /// running → final state, with its usage (on the run and as a usage record), in one
 /// statement. False if the lease was lost.
-pub(crate) async fn finish(db: &PgPool, lease: &Lease, end: Ending<'_>) -> Result<bool, sqlx::Error> {
-    debug_assert!(RunStatus::Running.can_become(end.status), "{} is not an ending", end.status);
+pub(crate) async fn finish(
+    db: &PgPool,
+    lease: &Lease,
+    end: Ending<'_>,
+) -> Result<bool, sqlx::Error> {
+    debug_assert!(
+        RunStatus::Running.can_become(end.status),
+        "{} is not an ending",
+        end.status
+    );
     let done: Option<(RunId,)> = sqlx::query_as(
         "WITH counts AS (
             SELECT count(*)::int AS steps, count(*) FILTER (WHERE kind = 'tool_call')::int AS tool_calls

@@ -35,7 +35,12 @@ enum CallError {
 
 impl HttpAgent {
     pub(crate) fn new(config: HttpConfig, client: SafeClient) -> Self {
-        Self { config, client, pending: None, output: None }
+        Self {
+            config,
+            client,
+            pending: None,
+            output: None,
+        }
     }
 
     async fn call(&self, p: &Progress<'_>) -> Result<Value, RuntimeError> {
@@ -63,7 +68,9 @@ impl HttpAgent {
                 }
             }
         }
-        Err(RuntimeError(format!("http agent unavailable after {tries} attempts: {last}")))
+        Err(RuntimeError(format!(
+            "http agent unavailable after {tries} attempts: {last}"
+        )))
     }
 
     async fn call_once(&self, p: &Progress<'_>, body: &[u8]) -> Result<Value, CallError> {
@@ -90,9 +97,15 @@ impl HttpAgent {
             .map_err(|e| {
                 let chain = error_chain(&e);
                 if chain.contains("private, loopback or link-local") {
-                    CallError::Permanent(format!("http agent url {}", agentq_shared::net::UrlError::Private))
+                    CallError::Permanent(format!(
+                        "http agent url {}",
+                        agentq_shared::net::UrlError::Private
+                    ))
                 } else if e.is_timeout() {
-                    CallError::Transient(format!("timed out after {} s", self.config.timeout_seconds))
+                    CallError::Transient(format!(
+                        "timed out after {} s",
+                        self.config.timeout_seconds
+                    ))
                 } else {
                     CallError::Transient(format!("request failed: {chain}"))
                 }
@@ -102,7 +115,9 @@ impl HttpAgent {
             return Err(CallError::Transient(format!("answered {status}")));
         }
         if !status.is_success() {
-            return Err(CallError::Permanent(format!("http agent answered {status}")));
+            return Err(CallError::Permanent(format!(
+                "http agent answered {status}"
+            )));
         }
         let mut bytes = Vec::new();
         let mut resp = resp;
@@ -112,12 +127,17 @@ impl HttpAgent {
             .map_err(|e| CallError::Transient(format!("reading the answer failed: {e}")))?
         {
             if bytes.len() + chunk.len() > MAX_ANSWER {
-                return Err(CallError::Permanent("http agent answer is larger than 1 MiB".into()));
+                return Err(CallError::Permanent(
+                    "http agent answer is larger than 1 MiB".into(),
+                ));
             }
             bytes.extend_from_slice(&chunk);
         }
-        serde_json::from_slice(&bytes)
-            .map_err(|e| CallError::Permanent(format!("http agent answered with an invalid body: not JSON ({e})")))
+        serde_json::from_slice(&bytes).map_err(|e| {
+            CallError::Permanent(format!(
+                "http agent answered with an invalid body: not JSON ({e})"
+            ))
+        })
     }
 }
 
@@ -147,8 +167,11 @@ fn rand_jitter(max: u64) -> u64 {
 
 /// Checks an answer's shape: `steps` (required) and `output` (optional string).
 fn parse_answer(v: &Value) -> Result<(Vec<ScriptStep>, Option<String>), RuntimeError> {
-    let invalid = |why: String| RuntimeError(format!("http agent answered with an invalid body: {why}"));
-    let obj = v.as_object().ok_or_else(|| invalid("expected a JSON object".into()))?;
+    let invalid =
+        |why: String| RuntimeError(format!("http agent answered with an invalid body: {why}"));
+    let obj = v
+        .as_object()
+        .ok_or_else(|| invalid("expected a JSON object".into()))?;
     let steps = match obj.get("steps") {
         Some(s) => config::parse_steps("steps", s).map_err(|e| invalid(e.to_string()))?,
         None => return Err(invalid("missing steps".into())),
@@ -171,7 +194,9 @@ impl Runtime for HttpAgent {
         }
         match self.pending.as_mut().and_then(VecDeque::pop_front) {
             Some(step) => Ok(action_of(&step, p)),
-            None => Ok(Action::Done { output: self.output.clone() }),
+            None => Ok(Action::Done {
+                output: self.output.clone(),
+            }),
         }
     }
 }

@@ -74,7 +74,9 @@ impl AnyRuntime {
     pub(crate) fn for_agent(agent: &Agent, client: &SafeClient) -> Result<Self, RuntimeError> {
         match config::validate(&agent.runtime, &agent.config) {
             Ok(RuntimeConfig::Scripted(c)) => Ok(AnyRuntime::Scripted(scripted::Scripted::new(c))),
-            Ok(RuntimeConfig::Http(c)) => Ok(AnyRuntime::Http(http::HttpAgent::new(c, client.clone()))),
+            Ok(RuntimeConfig::Http(c)) => {
+                Ok(AnyRuntime::Http(http::HttpAgent::new(c, client.clone())))
+            }
             Err(e) => Err(RuntimeError(format!("agent config is invalid: {e}"))),
         }
     }
@@ -101,7 +103,11 @@ fn action_of(step: &config::ScriptStep, p: &Progress<'_>) -> Action {
     use config::ScriptStep as S;
     match step {
         S::Reply { reply } => Action::Reply(template::render(reply, p.run)),
-        S::Tool { tool, arguments, result } => Action::Tool {
+        S::Tool {
+            tool,
+            arguments,
+            result,
+        } => Action::Tool {
             name: tool.clone(),
             arguments: arguments.clone(),
             result: result.clone(),

@@ -17,7 +17,9 @@ pub(crate) fn render(text: &str, run: &Run) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("{{") {
-        let Some(len) = rest[start + 2..].find("}}") else { break };
+        let Some(len) = rest[start + 2..].find("}}") else {
+            break;
+        };
         out.push_str(&rest[..start]);
         let path = rest[start + 2..start + 2 + len].trim();
         out.push_str(&lookup(&ctx, path));
@@ -79,12 +81,24 @@ mod tests {
 
     #[test]
     fn fills_input_and_signal_fields() {
-        let r = run(json!("hello"), json!({"type": "signal", "signal": {"type": "order", "payload": {"id": 7, "who": {"name": "Ada"}}}}));
+        let r = run(
+            json!("hello"),
+            json!({"type": "signal", "signal": {"type": "order", "payload": {"id": 7, "who": {"name": "Ada"}}}}),
+        );
         assert_eq!(render("echo: {{input}}", &r), "echo: hello");
-        assert_eq!(render("{{signal.type}} #{{ signal.payload.id }} by {{signal.payload.who.name}}", &r), "order #7 by Ada");
+        assert_eq!(
+            render(
+                "{{signal.type}} #{{ signal.payload.id }} by {{signal.payload.who.name}}",
+                &r
+            ),
+            "order #7 by Ada"
+        );
         assert_eq!(render("[{{signal.payload.missing}}]", &r), "[]");
         assert_eq!(render("no close {{input", &r), "no close {{input");
         let r = run(json!({"a": 1}), json!({"type": "api"}));
-        assert_eq!(render("{{input}} via {{trigger.type}}", &r), "{\"a\":1} via api");
+        assert_eq!(
+            render("{{input}} via {{trigger.type}}", &r),
+            "{\"a\":1} via api"
+        );
     }
 }
