@@ -11,7 +11,6 @@ pub mod ids;
 pub mod keys;
 pub mod net;
 pub mod pagination;
-#[path = "queue_shim.rs"]
 pub mod queue;
 pub mod redis_conn;
 pub mod runs;

@@ -13,7 +13,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use apalis::prelude::*;
+
 use agentq_shared::config::StoreConfig;
+use agentq_shared::queue::{DeliveryInfo, Queue, QueueConfig, StreamBackend, StreamBackendOptions};
+use agentq_shared::redis_conn::{self, Keys};
+use agentq_shared::runs::RunJob;
 
 pub use context::Ctx;
 pub use runs::{handle, JobError};
@@ -69,11 +74,82 @@ pub enum WorkerError {
     Http(#[from] reqwest::Error),
 }
 
-/// Connects to the stores and runs until `shutdown` resolves.
+/// Connects to the stores and runs until `shutdown` resolves (then drains in-flight jobs),
+/// or until Redis has been unreachable for longer than allowed (an error: exit non-zero).
 pub async fn run(
     config: WorkerConfig,
-    shutdown: impl Future<Output = ()> + Send,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), WorkerError> {
-    let _ = (Arc::new(config), shutdown);
-    Err(WorkerError::Queue("not wired yet".into()))
+    let config = Arc::new(config);
+    let db =
+        agentq_shared::db::connect(&config.store.database_url, config.store.db_max_connections)
+            .await?;
+    let redis = redis_conn::connect(&config.store.redis_url).await?;
+    let keys = Keys::new(config.store.redis_prefix.clone());
+    let queue_config = QueueConfig {
+        min_idle: config.claim_idle,
+        renew_every: config.claim_idle / 3,
+        ..QueueConfig::new("runs")
+    };
+    // Queue::connect gives the consumer its own connection for blocking reads.
+    let runs = Queue::connect(&config.store.redis_url, &keys, queue_config)
+        .await
+        .map_err(|e| WorkerError::Queue(e.to_string()))?;
+    let ctx = Ctx {
+        db,
+        redis,
+        keys,
+        runs: runs.clone(),
+        http: net::SafeClient::new(config.allow_private_networks)?,
+        config: config.clone(),
+    };
+    let consumer = runs.consumer(format!(
+        "worker-{}-{}",
+        std::process::id(),
+        uuid::Uuid::now_v7().simple()
+    ));
+    let concurrency = config.concurrency;
+    let options = StreamBackendOptions {
+        max_in_flight: concurrency,
+        give_up_after: config.redis_give_up,
+        ..StreamBackendOptions::default()
+    };
+    tracing::info!(consumer = consumer.name(), concurrency, "worker started");
+    let monitor = Monitor::new().register(move |_restarts| {
+        WorkerBuilder::new("runs")
+            .backend(StreamBackend::<RunJob>::new(
+                consumer.clone(),
+                options.clone(),
+            ))
+            .enable_tracing()
+            .catch_panic()
+            .concurrency(concurrency)
+            .data(ctx.clone())
+            .build(run_job)
+    });
+    // Not Monitor::run_with_signal: it would keep waiting for the signal after the worker
+    // gave up on Redis, leaving a process that is up but does nothing.
+    let handle = monitor.context();
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = handle.shutdown();
+    });
+    monitor
+        .run()
+        .await
+        .map_err(|e| WorkerError::Queue(e.to_string()))?;
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// The apalis job function for runs: Ok acknowledges the entry, Err leaves it for redelivery.
+async fn run_job(
+    job: RunJob,
+    ctx: Data<Ctx>,
+    delivery: Data<DeliveryInfo>,
+) -> Result<(), BoxDynError> {
+    runs::handle(&ctx, job, delivery.deliveries).await.map_err(|e| {
+        tracing::warn!(run_id = %job.run_id, error = %e, "run job failed; it will be redelivered");
+        Box::new(e) as BoxDynError
+    })
 }
