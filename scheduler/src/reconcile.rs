@@ -24,7 +24,7 @@ pub(crate) async fn runs(
         "UPDATE runs SET queued_at = now()
          WHERE id IN (
             SELECT id FROM runs
-            WHERE ((status = 'queued' AND NOT held AND queued_at < now() - make_interval(secs => $1))
+            WHERE ((status = 'queued' AND NOT held AND NOT parked AND queued_at < now() - make_interval(secs => $1))
                OR (status = 'running' AND heartbeat_at < now() - make_interval(secs => $2)
                    AND queued_at < now() - make_interval(secs => $2)))
             ORDER BY queued_at LIMIT $3

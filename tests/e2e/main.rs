@@ -9,3 +9,7 @@ mod audit_logs;
 mod cli;
 mod errors;
 mod health;
+mod http_runtime;
+mod resilience;
+mod runs;
+mod streaming;

@@ -206,7 +206,7 @@ async fn remove(
     let agent = agent.ok_or_else(|| ApiError::not_found("Agent"))?;
     // Runs not yet started will never start now; running ones finish.
     sqlx::query(
-        "UPDATE runs SET status = 'cancelled', held = false, finished_at = now(), error = 'agent deleted'
+        "UPDATE runs SET status = 'cancelled', held = false, parked = false, finished_at = now(), error = 'agent deleted'
          WHERE agent_id = $1 AND status = 'queued'",
     )
     .bind(id)
@@ -243,7 +243,8 @@ async fn resume(
     Ok(Json(agent_json(&agent)))
 }
 
-/// Sets an agent's status; on resume, releases its held runs and returns them oldest first.
+/// Sets an agent's status; on resume, releases its held runs (returns those to enqueue now,
+/// oldest first; the rest start as slots free up).
 async fn set_status(
     state: &AppState,
     auth: &Auth,
@@ -266,14 +267,32 @@ async fn set_status(
     let agent = agent.ok_or_else(|| ApiError::not_found("Agent"))?;
     let mut released: Vec<RunId> = Vec::new();
     if status == "active" {
-        released = sqlx::query_scalar(
-            "UPDATE runs SET held = false, queued_at = now()
-             WHERE agent_id = $1 AND held AND status = 'queued' RETURNING id",
+        // Held runs join the parked line in their order; the free slots go to the oldest,
+        // and each run that ends hands its slot to the next (agentq_unpark_next).
+        sqlx::query(
+            "UPDATE runs SET held = false, parked = true, queued_at = now()
+             WHERE agent_id = $1 AND held AND status = 'queued'",
         )
         .bind(id)
-        .fetch_all(&mut *tx)
+        .execute(&mut *tx)
         .await?;
-        released.sort();
+        let running: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM runs WHERE agent_id = $1 AND status = 'running'",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let free = (i64::from(agent.max_concurrent_runs) - running).max(0);
+        for _ in 0..free {
+            let next: Option<RunId> = sqlx::query_scalar("SELECT agentq_unpark_next($1)")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+            match next {
+                Some(run) => released.push(run),
+                None => break,
+            }
+        }
     }
     let action = if status == "active" {
         "agent.resumed"

@@ -180,7 +180,7 @@ pub async fn cancel(
 ) -> Result<CancelOutcome, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let done: Option<Run> = sqlx::query_as(&format!(
-        "UPDATE runs SET status = 'cancelled', held = false, finished_at = now(), error = 'cancelled on request'
+        "UPDATE runs SET status = 'cancelled', held = false, parked = false, finished_at = now(), error = 'cancelled on request'
          WHERE id = $1 AND team_id = $2 AND status IN ('queued', 'waiting_approval')
          RETURNING {RUN_COLUMNS}"
     ))

@@ -297,3 +297,144 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Worker and scheduler processes (the real binary) next to a [`TestApp`], with timings
+/// shortened so takeovers and reconciliation happen within seconds.
+pub struct Stack {
+    pub workers: Vec<procs::Proc>,
+    pub schedulers: Vec<procs::Proc>,
+    db_url: String,
+    prefix: String,
+}
+
+/// Environment for worker and scheduler processes in tests.
+pub const FAST: &[(&str, &str)] = &[
+    ("AGENTQ_ALLOW_PRIVATE_NETWORKS", "true"),
+    ("AGENTQ_STALE_AFTER_SECONDS", "2"),
+    ("AGENTQ_CLAIM_IDLE_SECONDS", "3"),
+    ("AGENTQ_REQUEUE_AFTER_SECONDS", "2"),
+    ("AGENTQ_WORKER_CONCURRENCY", "8"),
+];
+
+impl Stack {
+    pub fn new(app: &TestApp) -> Self {
+        Self {
+            workers: vec![],
+            schedulers: vec![],
+            db_url: app.db.url.clone(),
+            prefix: app.prefix.clone(),
+        }
+    }
+
+    /// Starts one more `agentq worker`.
+    pub fn worker(&mut self) -> &mut Self {
+        self.workers.push(procs::Proc::start(
+            &["worker"],
+            &self.db_url,
+            &self.prefix,
+            FAST,
+        ));
+        self
+    }
+
+    /// Starts one more `agentq worker` with extra environment.
+    pub fn worker_with(&mut self, extra: &[(&str, &str)]) -> &mut Self {
+        let env: Vec<(&str, &str)> = FAST.iter().chain(extra.iter()).copied().collect();
+        self.workers.push(procs::Proc::start(
+            &["worker"],
+            &self.db_url,
+            &self.prefix,
+            &env,
+        ));
+        self
+    }
+
+    /// Starts one more `agentq scheduler`.
+    pub fn scheduler(&mut self) -> &mut Self {
+        self.schedulers.push(procs::Proc::start(
+            &["scheduler"],
+            &self.db_url,
+            &self.prefix,
+            FAST,
+        ));
+        self
+    }
+}
+
+impl TestApp {
+    /// Creates an agent from a JSON body; returns its id.
+    pub async fn create_agent(&self, body: Value) -> String {
+        let (s, a) = self.post("/api/v1/agents", body).await;
+        assert_eq!(s, StatusCode::CREATED, "create agent: {a}");
+        a["id"].as_str().unwrap().to_owned()
+    }
+
+    /// A scripted agent with these steps.
+    pub async fn scripted_agent(&self, steps: Value) -> String {
+        self.create_agent(serde_json::json!({"name": "scripted", "runtime": "scripted", "config": {"steps": steps}})).await
+    }
+
+    /// Sends a signal; returns the run id.
+    pub async fn send_signal(&self, agent: &str, kind: &str, payload: Value) -> String {
+        let (s, r) = self
+            .post(
+                &format!("/api/v1/agents/{agent}/signals"),
+                serde_json::json!({"type": kind, "payload": payload}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "signal: {r}");
+        assert_eq!(r["status"], "queued");
+        r["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Starts a run with an input; returns the run id.
+    pub async fn start_run(&self, agent: &str, input: Value) -> String {
+        let (s, r) = self
+            .post(
+                &format!("/api/v1/agents/{agent}/runs"),
+                serde_json::json!({"input": input}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "run: {r}");
+        r["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Waits until the run reaches a final state (or `timeout`); returns it.
+    pub async fn wait_for_run(&self, run: &str, timeout: Duration) -> Value {
+        let done = eventually(timeout, || async {
+            let (_, r) = self.get(&format!("/api/v1/runs/{run}")).await;
+            let finished = matches!(
+                r["status"].as_str(),
+                Some("succeeded" | "failed" | "cancelled" | "timed_out")
+            );
+            finished.then_some(r)
+        })
+        .await;
+        match done {
+            Some(r) => r,
+            None => {
+                let (_, last) = self.get(&format!("/api/v1/runs/{run}")).await;
+                panic!("run {run} did not finish in {timeout:?}; last seen: {last}")
+            }
+        }
+    }
+
+    /// Waits until the run has this status.
+    pub async fn wait_for_status(&self, run: &str, status: &str, timeout: Duration) -> Value {
+        eventually(timeout, || async {
+            let (_, r) = self.get(&format!("/api/v1/runs/{run}")).await;
+            (r["status"] == status).then_some(r)
+        })
+        .await
+        .unwrap_or_else(|| panic!("run {run} never reached {status}"))
+    }
+
+    /// The run's steps, in order.
+    pub async fn steps(&self, run: &str) -> Vec<Value> {
+        let (s, page) = self
+            .get(&format!("/api/v1/runs/{run}/messages?limit=200"))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{page}");
+        page["data"].as_array().unwrap().clone()
+    }
+}

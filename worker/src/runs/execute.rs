@@ -53,9 +53,14 @@ pub(super) async fn execute(ctx: &Ctx, lease: Lease, agent: Agent) -> Result<(),
         output: output.as_deref(),
         error: error.as_deref(),
     };
-    if store::finish(&ctx.db, &lease, ending).await? {
+    let finished = store::finish(&ctx.db, &lease, ending).await?;
+    if finished.applied {
         metrics::counter!("agentq_runs_finished_total", "status" => status.as_str()).increment(1);
         tracing::info!(status = %status, "run finished");
+    }
+    if let Some(next) = finished.next {
+        // If this enqueue is lost, the reconciler finds the unparked run still queued.
+        agentq_shared::runs::create::enqueue(&ctx.runs, next).await;
     }
     doorbell::ring(&mut ctx.redis.clone(), &ctx.keys, lease.run).await;
     Ok(())

@@ -5,8 +5,6 @@
 mod execute;
 mod store;
 
-use std::time::Duration;
-
 use agentq_shared::agents;
 use agentq_shared::runs::{self, RunJob, RunStatus};
 
@@ -34,20 +32,15 @@ pub async fn handle(ctx: &Ctx, job: RunJob, deliveries: u64) -> Result<(), JobEr
     };
     let lease = match run.status() {
         RunStatus::Queued if run.held => return Ok(()),
-        RunStatus::Queued => match store::start(&ctx.db, run.id, run.agent_id).await? {
+        RunStatus::Queued => match store::start(&ctx.db, run.id).await? {
             Start::Started(lease) => lease,
             Start::Held => {
                 tracing::info!("agent paused; run held until it resumes");
                 return Ok(());
             }
             Start::Busy => {
-                // At the agent's concurrency limit: look again shortly, without holding a slot.
-                let delay =
-                    Duration::from_millis(200 + u64::from(uuid::Uuid::now_v7().as_bytes()[15]));
-                ctx.runs
-                    .enqueue_after(&RunJob::payload(run.id), delay)
-                    .await
-                    .map_err(|e| JobError::Queue(e.to_string()))?;
+                // Parked: the run that frees a slot of this agent enqueues it again.
+                tracing::debug!("agent at its concurrency limit; run parked");
                 return Ok(());
             }
             Start::Gone => return Ok(()),

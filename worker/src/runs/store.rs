@@ -7,7 +7,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use agentq_shared::ids::{AgentId, RunId};
+use agentq_shared::ids::RunId;
 use agentq_shared::runs::RunStatus;
 
 /// This worker's hold on a running run.
@@ -39,66 +39,30 @@ pub(crate) enum Start {
     Started(Lease),
     /// The agent is paused: the run is now held until it resumes.
     Held,
-    /// The agent is at its concurrency limit: try again shortly.
+    /// The agent is at its concurrency limit: the run is parked until a slot frees.
     Busy,
     /// Someone else started it, or it is no longer queued.
     Gone,
 }
 
-/// queued → running, within the agent's concurrency limit across all workers. The agent row
-/// lock serialises starts of one agent, so the count it reads is exact.
-pub(crate) async fn start(db: &PgPool, run: RunId, agent: AgentId) -> Result<Start, sqlx::Error> {
-    let mut tx = db.begin().await?;
-    let row: Option<(String, i32, i32)> = sqlx::query_as(
-        "SELECT status, max_concurrent_runs, max_run_seconds FROM agents WHERE id = $1 FOR UPDATE",
-    )
-    .bind(agent)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some((status, max_concurrent, max_seconds)) = row else {
-        return Ok(Start::Gone);
-    };
-    if status == "paused" {
-        sqlx::query("UPDATE runs SET held = true WHERE id = $1 AND status = 'queued'")
+/// queued → running, within the agent's concurrency limit across all workers
+/// (`agentq_start_run`, see the run_slots migration).
+pub(crate) async fn start(db: &PgPool, run: RunId) -> Result<Start, sqlx::Error> {
+    let (outcome, attempts, deadline): (String, i32, Option<DateTime<Utc>>) =
+        sqlx::query_as("SELECT o_outcome, o_attempts, o_deadline FROM agentq_start_run($1)")
             .bind(run)
-            .execute(&mut *tx)
+            .fetch_one(db)
             .await?;
-        tx.commit().await?;
-        return Ok(Start::Held);
-    }
-    let running: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM runs WHERE agent_id = $1 AND status = 'running'")
-            .bind(agent)
-            .fetch_one(&mut *tx)
-            .await?;
-    if running >= i64::from(max_concurrent) {
-        return Ok(Start::Busy);
-    }
-    let row: Option<LeaseRow> = sqlx::query_as(
-        "UPDATE runs SET status = 'running', attempts = attempts + 1, started_at = coalesce(started_at, now()),
-                heartbeat_at = now(), deadline_at = now() + make_interval(secs => $2)
-         WHERE id = $1 AND status = ANY($3) AND NOT held
-         RETURNING attempts, deadline_at",
-    )
-    .bind(run)
-    .bind(f64::from(max_seconds))
-    .bind(only_queued())
-    .fetch_optional(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(match row {
-        Some(r) => Start::Started(r.lease(run)),
-        None => Start::Gone,
+    Ok(match (outcome.as_str(), deadline) {
+        ("started", Some(deadline)) => Start::Started(Lease {
+            run,
+            attempt: attempts,
+            deadline,
+        }),
+        ("held", _) => Start::Held,
+        ("busy", _) => Start::Busy,
+        _ => Start::Gone,
     })
-}
-
-fn only_queued() -> Vec<&'static str> {
-    // Of running's sources, only queued starts a run; running → running is a takeover.
-    RunStatus::Running
-        .source_strs()
-        .into_iter()
-        .filter(|s| *s == RunStatus::Queued.as_str())
-        .collect()
 }
 
 /// running → running by another worker, when the holder stopped showing life for `stale_secs`.
@@ -215,44 +179,34 @@ pub(crate) struct Ending<'a> {
     pub(crate) error: Option<&'a str>,
 }
 
-/// running → final state, with its usage (on the run and as a usage record), in one
-/// statement. False if the lease was lost.
+/// What finishing did.
+pub(crate) struct Finished {
+    /// The run ended now (false: the lease was lost, nothing changed).
+    pub(crate) applied: bool,
+    /// A parked run of the same agent that now has the freed slot; enqueue it.
+    pub(crate) next: Option<RunId>,
+}
+
+/// running → final state, with its usage (on the run and as a usage record), in one call
+/// (`agentq_finish_run`), which also hands the freed slot to the oldest parked run.
 pub(crate) async fn finish(
     db: &PgPool,
     lease: &Lease,
     end: Ending<'_>,
-) -> Result<bool, sqlx::Error> {
+) -> Result<Finished, sqlx::Error> {
     debug_assert!(
         RunStatus::Running.can_become(end.status),
         "{} is not an ending",
         end.status
     );
-    let done: Option<(RunId,)> = sqlx::query_as(
-        "WITH counts AS (
-            SELECT count(*)::int AS steps, count(*) FILTER (WHERE kind = 'tool_call')::int AS tool_calls
-            FROM run_steps WHERE run_id = $1
-         ), r AS (
-            UPDATE runs SET status = $3, finished_at = now(), output = coalesce($4, output), error = $5,
-                   cancel_requested = false,
-                   usage = jsonb_build_object(
-                       'duration_ms', (extract(epoch FROM now() - started_at) * 1000)::bigint,
-                       'steps', (SELECT steps FROM counts), 'tool_calls', (SELECT tool_calls FROM counts),
-                       'input_tokens', 0, 'output_tokens', 0)
-            WHERE id = $1 AND attempts = $2 AND status = 'running'
-            RETURNING id, team_id, agent_id, usage
-         )
-         INSERT INTO usage_records (run_id, team_id, agent_id, status, duration_ms, steps, tool_calls)
-         SELECT id, team_id, agent_id, $3, (usage->>'duration_ms')::bigint, (usage->>'steps')::int,
-                (usage->>'tool_calls')::int
-         FROM r
-         RETURNING run_id",
-    )
-    .bind(lease.run)
-    .bind(lease.attempt)
-    .bind(end.status.as_str())
-    .bind(end.output)
-    .bind(end.error)
-    .fetch_optional(db)
-    .await?;
-    Ok(done.is_some())
+    let (applied, next): (bool, Option<RunId>) =
+        sqlx::query_as("SELECT o_finished, o_next FROM agentq_finish_run($1, $2, $3, $4, $5)")
+            .bind(lease.run)
+            .bind(lease.attempt)
+            .bind(end.status.as_str())
+            .bind(end.output)
+            .bind(end.error)
+            .fetch_one(db)
+            .await?;
+    Ok(Finished { applied, next })
 }
