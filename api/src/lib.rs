@@ -22,9 +22,11 @@ pub mod hub;
 pub mod state;
 
 mod agents;
+mod approvals;
 mod audit_logs;
 mod health;
 mod keys;
+mod notifications;
 mod runs;
 mod triggers;
 mod usage;
@@ -151,7 +153,9 @@ pub fn router(state: AppState) -> Router {
         .merge(agents::routes())
         .merge(triggers::routes())
         .merge(runs::routes())
-        .merge(usage::routes());
+        .merge(usage::routes())
+        .merge(approvals::routes())
+        .merge(notifications::routes());
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -3,6 +3,7 @@
 //! is idempotent, so even two leaders in a race (a lease that expired mid-tick) do no harm.
 #![warn(missing_docs)]
 
+mod expire;
 mod leader;
 mod reconcile;
 
@@ -77,6 +78,7 @@ pub async fn run(
             continue;
         }
         timed("reconcile_runs", reconcile::runs(&db, &runs, &config)).await;
+        timed("expire_approvals", expire::approvals(&db, &runs)).await;
     }
     lease.release().await;
     tracing::info!("scheduler stopped");

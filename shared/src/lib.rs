@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod agents;
+pub mod approvals;
 pub mod audit;
 pub mod config;
 pub mod db;

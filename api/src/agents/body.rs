@@ -21,6 +21,7 @@ pub(super) struct CreateAgent {
     schedule: Option<String>,
     timezone: Option<String>,
     limits: Option<Limits>,
+    approval: Option<Value>,
 }
 
 /// `PATCH /agents/{id}`: every field optional; `null` clears description and schedule.
@@ -36,6 +37,8 @@ pub(super) struct UpdateAgent {
     schedule: Option<Option<String>>,
     timezone: Option<String>,
     limits: Option<PartialLimits>,
+    #[serde(default, deserialize_with = "nullable")]
+    approval: Option<Option<Value>>,
 }
 
 #[derive(Deserialize)]
@@ -63,6 +66,7 @@ pub(super) struct Valid {
     pub(super) schedule: Option<String>,
     pub(super) timezone: String,
     pub(super) limits: Limits,
+    pub(super) approval: Option<Value>,
 }
 
 impl CreateAgent {
@@ -75,6 +79,7 @@ impl CreateAgent {
             schedule: self.schedule,
             timezone: self.timezone.unwrap_or_else(|| "UTC".into()),
             limits: self.limits.unwrap_or_default(),
+            approval: self.approval.filter(|v| !v.is_null()),
         }
         .checked(allow_private)
     }
@@ -106,6 +111,10 @@ impl UpdateAgent {
             schedule: self.schedule.unwrap_or_else(|| a.schedule.clone()),
             timezone: self.timezone.unwrap_or_else(|| a.timezone.clone()),
             limits,
+            approval: self
+                .approval
+                .unwrap_or_else(|| a.approval.clone())
+                .filter(|v| !v.is_null()),
         }
         .checked(allow_private)
     }
@@ -140,6 +149,10 @@ impl Valid {
         if let Some(s) = &self.schedule {
             Schedule::parse(s, &self.timezone)
                 .map_err(|e| ApiError::invalid_field(e.field(), e))?;
+        }
+        if let Some(policy) = &self.approval {
+            agentq_shared::approvals::policy::parse(policy)
+                .map_err(|e| ApiError::invalid_field(&e.field, e.problem))?;
         }
         if !(1..=10_000).contains(&self.limits.max_concurrent_runs) {
             return Err(ApiError::invalid_field(

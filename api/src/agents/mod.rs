@@ -92,6 +92,7 @@ async fn create(
     .bind(&v.timezone)
     .bind(v.limits.max_concurrent_runs)
     .bind(v.limits.max_run_seconds)
+    .bind(&v.approval)
     .fetch_one(&mut *tx)
     .await?;
     audit_agent(&mut tx, &auth, &agent, "agent.created").await?;
@@ -164,7 +165,7 @@ async fn update(
     let mut tx = state.db.begin().await?;
     let agent: Option<Agent> = sqlx::query_as(&format!(
         "UPDATE agents SET name = $3, description = $4, runtime = $5, config = $6, schedule = $7, timezone = $8,
-                max_concurrent_runs = $9, max_run_seconds = $10, updated_at = now()
+                max_concurrent_runs = $9, max_run_seconds = $10, approval = $11, updated_at = now()
          WHERE id = $1 AND team_id = $2 AND deleted_at IS NULL RETURNING {AGENT_COLUMNS}"
     ))
     .bind(id)
@@ -177,6 +178,7 @@ async fn update(
     .bind(&v.timezone)
     .bind(v.limits.max_concurrent_runs)
     .bind(v.limits.max_run_seconds)
+    .bind(&v.approval)
     .fetch_optional(&mut *tx)
     .await?;
     let agent = agent.ok_or_else(|| ApiError::not_found("Agent"))?;
@@ -204,10 +206,16 @@ async fn remove(
     .fetch_optional(&mut *tx)
     .await?;
     let agent = agent.ok_or_else(|| ApiError::not_found("Agent"))?;
-    // Runs not yet started will never start now; running ones finish.
+    // Runs not yet started, or waiting for a person, will never go on now; running ones finish.
+    sqlx::query(
+        "UPDATE approvals SET status = 'cancelled', decided_at = now() WHERE agent_id = $1 AND status = 'pending'",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
     sqlx::query(
         "UPDATE runs SET status = 'cancelled', held = false, parked = false, finished_at = now(), error = 'agent deleted'
-         WHERE agent_id = $1 AND status = 'queued'",
+         WHERE agent_id = $1 AND status IN ('queued', 'waiting_approval')",
     )
     .bind(id)
     .execute(&mut *tx)

@@ -43,6 +43,9 @@ pub enum ScriptStep {
         /// The tool's result.
         #[serde(default)]
         result: Value,
+        /// Ask a person before the call, whatever the agent's policy says.
+        #[serde(default)]
+        requires_approval: bool,
     },
     /// Wait.
     Sleep {
@@ -167,7 +170,7 @@ fn validate_step(path: &str, i: usize, step: &Value) -> Result<ScriptStep, Field
         .collect();
     let allowed: &[&str] = match kinds.as_slice() {
         ["reply"] => &["reply"],
-        ["tool"] => &["tool", "arguments", "result"],
+        ["tool"] => &["tool", "arguments", "result", "requires_approval"],
         ["sleep_ms"] => &["sleep_ms"],
         ["fail"] => &["fail"],
         [] => return Err(err(at(""), "needs one of reply, tool, sleep_ms, fail")),
@@ -198,10 +201,16 @@ fn validate_step(path: &str, i: usize, step: &Value) -> Result<ScriptStep, Field
             if !arguments.is_object() {
                 return Err(err(at(".arguments"), "must be an object"));
             }
+            let requires_approval = match obj.get("requires_approval") {
+                None => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return Err(err(at(".requires_approval"), "must be true or false")),
+            };
             Ok(ScriptStep::Tool {
                 tool: tool.to_owned(),
                 arguments,
                 result: obj.get("result").cloned().unwrap_or(Value::Null),
+                requires_approval,
             })
         }
         "sleep_ms" => match obj["sleep_ms"].as_u64() {

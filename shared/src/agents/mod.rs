@@ -38,6 +38,8 @@ pub struct Agent {
     pub max_concurrent_runs: i32,
     /// A run taking longer ends `timed_out`.
     pub max_run_seconds: i32,
+    /// Approval policy (see [`crate::approvals::policy`]); None: no approvals.
+    pub approval: Option<Value>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last change.
@@ -58,6 +60,7 @@ pub struct AgentView<'a> {
     timezone: &'a str,
     status: &'a str,
     limits: Limits,
+    approval: Option<&'a Value>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -107,9 +110,18 @@ impl Agent {
                 max_concurrent_runs: self.max_concurrent_runs,
                 max_run_seconds: self.max_run_seconds,
             },
+            approval: self.approval.as_ref(),
             created_at: self.created_at,
             updated_at: self.updated_at,
         }
+    }
+
+    /// The parsed approval policy (stored policies were validated on write).
+    pub fn policy(&self) -> crate::approvals::policy::Policy {
+        self.approval
+            .as_ref()
+            .and_then(|v| crate::approvals::policy::parse(v).ok())
+            .unwrap_or_default()
     }
 
     /// Whether the agent is paused.
@@ -120,7 +132,7 @@ impl Agent {
 
 /// Columns of [`Agent`], for queries elsewhere.
 pub const AGENT_COLUMNS: &str = "id, team_id, name, description, runtime, config, signing_secret, \
-    schedule, timezone, status, max_concurrent_runs, max_run_seconds, created_at, updated_at, deleted_at";
+    schedule, timezone, status, max_concurrent_runs, max_run_seconds, approval, created_at, updated_at, deleted_at";
 
 /// A live (not deleted) agent of a team.
 pub async fn get(

@@ -172,7 +172,8 @@ pub enum CancelOutcome {
     NotFound,
 }
 
-/// Cancels a run: at once if queued or waiting, else by flagging it for its worker.
+/// Cancels a run: at once if queued or waiting (with its pending approvals), else by
+/// flagging it for its worker.
 pub async fn cancel(
     pool: &sqlx::PgPool,
     team_id: TeamId,
@@ -189,6 +190,7 @@ pub async fn cancel(
     .fetch_optional(&mut *tx)
     .await?;
     if let Some(run) = done {
+        crate::approvals::cancel_for_run(&mut tx, run.id).await?;
         tx.commit().await?;
         return Ok(CancelOutcome::Cancelled(run));
     }

@@ -1,6 +1,9 @@
 //! The step loop: ask the runtime for the next action, persist it under the lease, ring the
-//! run's doorbell, repeat; stop at the end, on cancel, at the deadline, or when the lease is
-//! lost. A heartbeat keeps the lease alive through long sleeps and slow agents.
+//! run's doorbell, repeat; stop at the end, on cancel, at the deadline, when the lease is
+//! lost, or at a tool call that needs a person's approval (the run then waits durably and
+//! the job ends; the decision puts it back on the queue and this loop resumes it, recording
+//! the call's result once). A heartbeat keeps the lease alive through long sleeps and slow
+//! agents.
 
 use std::time::Duration;
 
@@ -9,10 +12,12 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use agentq_shared::agents::Agent;
+use agentq_shared::approvals::policy::Policy;
+use agentq_shared::ids::RunId;
 use agentq_shared::runs::steps::{self, Step};
 use agentq_shared::runs::{self, doorbell, RunStatus};
 
-use super::store::{self, Ending, Lease, NewStep, Written};
+use super::store::{self, ApprovalRequest, Ending, Lease, NewStep, Written};
 use super::JobError;
 use crate::context::Ctx;
 use crate::runtime::{Action, AnyRuntime, Progress, Runtime};
@@ -28,6 +33,10 @@ enum Signal {
 /// How the loop ended.
 enum End {
     Finished(RunStatus, Option<String>, Option<String>),
+    /// Waiting for a person; `next` got the agent slot this run freed.
+    Waiting {
+        next: Option<RunId>,
+    },
     Lost,
 }
 
@@ -36,31 +45,35 @@ pub(super) async fn execute(ctx: &Ctx, lease: Lease, agent: Agent) -> Result<(),
     let beat = tokio::spawn(heartbeat(ctx.clone(), lease, tx));
     let result = run_steps(ctx, &lease, &agent, &mut signal).await;
     beat.abort();
-    let end = match result {
-        Ok(end) => end,
-        Err(e) => {
-            // The store failed mid-run: leave the job pending; it is redelivered and the run
-            // resumed from its last persisted step.
-            return Err(e);
+    // A store failure leaves the job pending: it is redelivered and the run resumed from
+    // its last persisted step.
+    let next = match result? {
+        End::Lost => {
+            tracing::info!("lease lost; another worker owns the run now");
+            return Ok(());
+        }
+        End::Waiting { next } => {
+            tracing::info!("run waits for approval");
+            next
+        }
+        End::Finished(status, output, error) => {
+            let ending = Ending {
+                status,
+                output: output.as_deref(),
+                error: error.as_deref(),
+            };
+            let finished = store::finish(&ctx.db, &lease, ending).await?;
+            if finished.applied {
+                metrics::counter!("agentq_runs_finished_total", "status" => status.as_str())
+                    .increment(1);
+                tracing::info!(status = %status, "run finished");
+            }
+            finished.next
         }
     };
-    let End::Finished(status, output, error) = end else {
-        tracing::info!("lease lost; another worker owns the run now");
-        return Ok(());
-    };
-    let ending = Ending {
-        status,
-        output: output.as_deref(),
-        error: error.as_deref(),
-    };
-    let finished = store::finish(&ctx.db, &lease, ending).await?;
-    if finished.applied {
-        metrics::counter!("agentq_runs_finished_total", "status" => status.as_str()).increment(1);
-        tracing::info!(status = %status, "run finished");
-    }
-    if let Some(next) = finished.next {
+    if let Some(next) = next {
         // If this enqueue is lost, the reconciler finds the unparked run still queued.
-        agentq_shared::runs::create::enqueue(&ctx.runs, next).await;
+        runs::create::enqueue(&ctx.runs, next).await;
     }
     doorbell::ring(&mut ctx.redis.clone(), &ctx.keys, lease.run).await;
     Ok(())
@@ -107,6 +120,23 @@ fn input_text(input: &Value) -> Option<String> {
     }
 }
 
+/// The loop's state: where the run is and what it said last.
+struct Cursor {
+    position: i32,
+    last_reply: Option<String>,
+    history: Vec<Step>,
+    reads_history: bool,
+}
+
+impl Cursor {
+    async fn refresh(&mut self, ctx: &Ctx, run: RunId) -> Result<(), sqlx::Error> {
+        if self.reads_history {
+            self.history = steps::after(&ctx.db, run, 0, i64::from(i32::MAX)).await?;
+        }
+        Ok(())
+    }
+}
+
 async fn run_steps(
     ctx: &Ctx,
     lease: &Lease,
@@ -116,57 +146,82 @@ async fn run_steps(
     let Some(run) = runs::get_any(&ctx.db, lease.run).await? else {
         return Ok(End::Lost);
     };
-    // Only whether the run has steps matters to every runtime; http agents get them all.
-    let mut history: Vec<Step> = steps::after(&ctx.db, run.id, 0, i64::from(i32::MAX)).await?;
-    let mut position = run.script_pos;
-    let mut last_reply = run.output.clone();
+    let policy: Policy = agent.policy();
     let mut runtime = match AnyRuntime::for_agent(agent, &ctx.http) {
         Ok(r) => r,
         Err(e) => return Ok(End::Finished(RunStatus::Failed, None, Some(e.0))),
     };
-    let reads_history = runtime.reads_history();
-    if history.is_empty() {
+    let mut cur = Cursor {
+        position: run.script_pos,
+        last_reply: run.output.clone(),
+        history: Vec::new(),
+        reads_history: runtime.reads_history(),
+    };
+    if run.next_seq == 1 {
         let first = step("input", "user", input_text(&run.input));
-        match write(ctx, lease, position, None, vec![first]).await? {
-            Flow::Go => {}
-            Flow::Stop(end) => return Ok(end),
-        }
-        if reads_history {
-            history = steps::after(&ctx.db, run.id, 0, i64::from(i32::MAX)).await?;
+        if let Flow::Stop(end) = write(ctx, lease, cur.position, None, vec![first]).await? {
+            return Ok(end);
         }
     }
+    // Back from a person's decision: record the call's result before going on.
+    if let Some(decided) = store::decided_approval(&ctx.db, run.id).await? {
+        match store::apply_decision(&ctx.db, lease, &decided).await? {
+            Written::Lost => return Ok(End::Lost),
+            Written::Ok { cancel_requested } => {
+                doorbell::ring(&mut ctx.redis.clone(), &ctx.keys, lease.run).await;
+                if cancel_requested {
+                    return Ok(cancelled(cur.last_reply));
+                }
+                cur.position = decided.position + 1;
+            }
+        }
+    }
+    cur.refresh(ctx, run.id).await?;
     loop {
         match *signal.borrow() {
-            Signal::Cancel => return Ok(cancelled(last_reply)),
+            Signal::Cancel => return Ok(cancelled(cur.last_reply)),
             Signal::Lost => return Ok(End::Lost),
             Signal::Go => {}
         }
         let progress = Progress {
             run: &run,
             agent,
-            steps: &history,
-            position: position as usize,
+            steps: &cur.history,
+            position: cur.position as usize,
         };
         let action = match until_deadline(lease, signal, runtime.next(&progress)).await {
             Wait::Done(Ok(a)) => a,
             Wait::Done(Err(e)) => {
                 let err_step = step("error", "system", Some(e.0.clone()));
-                let _ = write(ctx, lease, position, None, vec![err_step]).await?;
-                return Ok(End::Finished(RunStatus::Failed, last_reply, Some(e.0)));
+                let _ = write(ctx, lease, cur.position, None, vec![err_step]).await?;
+                return Ok(End::Finished(RunStatus::Failed, cur.last_reply, Some(e.0)));
             }
-            Wait::Interrupted(end) => return Ok(end.with_output(last_reply)),
+            Wait::Interrupted(end) => return Ok(end.with_output(cur.last_reply)),
         };
-        position += 1;
         let new_steps = match action {
             Action::Reply(text) => {
-                last_reply = Some(text.clone());
+                cur.last_reply = Some(text.clone());
                 vec![step("message", "assistant", Some(text))]
             }
             Action::Tool {
                 name,
                 arguments,
                 result,
+                requires_approval,
             } => {
+                if requires_approval || policy.requires(&name, &arguments) {
+                    let req = ApprovalRequest {
+                        position: cur.position,
+                        tool: &name,
+                        arguments: &arguments,
+                        result: &result,
+                        policy: &policy,
+                    };
+                    return Ok(match store::wait_for_approval(&ctx.db, lease, req).await? {
+                        Some(next) => End::Waiting { next },
+                        None => End::Lost,
+                    });
+                }
                 let call_id = format!("call_{}", uuid::Uuid::now_v7().simple());
                 vec![
                     NewStep {
@@ -187,35 +242,35 @@ async fn run_steps(
                 if let Wait::Interrupted(end) =
                     until_deadline(lease, signal, tokio::time::sleep(d)).await
                 {
-                    return Ok(end.with_output(last_reply));
+                    return Ok(end.with_output(cur.last_reply));
                 }
                 vec![]
             }
             Action::Fail(reason) => {
                 let err_step = step("error", "system", Some(reason.clone()));
-                match write(ctx, lease, position, None, vec![err_step]).await? {
-                    Flow::Go => {
-                        return Ok(End::Finished(RunStatus::Failed, last_reply, Some(reason)))
-                    }
-                    Flow::Stop(end) => return Ok(end),
-                }
+                return Ok(
+                    match write(ctx, lease, cur.position + 1, None, vec![err_step]).await? {
+                        Flow::Go => End::Finished(RunStatus::Failed, cur.last_reply, Some(reason)),
+                        Flow::Stop(end) => end,
+                    },
+                );
             }
             Action::Done { output } => {
                 return Ok(End::Finished(
                     RunStatus::Succeeded,
-                    output.or(last_reply),
+                    output.or(cur.last_reply),
                     None,
                 ));
             }
         };
-        let reply = last_reply.clone();
-        match write(ctx, lease, position, reply.as_deref(), new_steps).await? {
-            Flow::Go => {}
-            Flow::Stop(end) => return Ok(end.with_output(last_reply)),
+        cur.position += 1;
+        let reply = cur.last_reply.clone();
+        if let Flow::Stop(end) =
+            write(ctx, lease, cur.position, reply.as_deref(), new_steps).await?
+        {
+            return Ok(end.with_output(cur.last_reply));
         }
-        if reads_history {
-            history = steps::after(&ctx.db, run.id, 0, i64::from(i32::MAX)).await?;
-        }
+        cur.refresh(ctx, run.id).await?;
     }
 }
 

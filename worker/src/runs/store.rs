@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -113,6 +114,24 @@ pub(crate) async fn write_steps(
     output: Option<&str>,
     steps: &[NewStep],
 ) -> Result<Written, sqlx::Error> {
+    let mut conn = db.acquire().await?;
+    Ok(
+        match write_steps_in(&mut conn, lease, position, output, steps).await? {
+            Some((_, cancel_requested)) => Written::Ok { cancel_requested },
+            None => Written::Lost,
+        },
+    )
+}
+
+/// [`write_steps`] on a given connection (or transaction); the first new step's seq and
+/// whether a cancel was requested, or None when the lease is gone.
+async fn write_steps_in(
+    conn: &mut sqlx::PgConnection,
+    lease: &Lease,
+    position: i32,
+    output: Option<&str>,
+    steps: &[NewStep],
+) -> Result<Option<(i32, bool)>, sqlx::Error> {
     let ids: Vec<Uuid> = steps.iter().map(|_| Uuid::now_v7()).collect();
     let kinds: Vec<&str> = steps.iter().map(|s| s.kind).collect();
     let roles: Vec<&str> = steps.iter().map(|s| s.role).collect();
@@ -121,7 +140,7 @@ pub(crate) async fn write_steps(
     let call_ids: Vec<Option<&str>> = steps.iter().map(|s| s.tool_call_id.as_deref()).collect();
     let args: Vec<Option<&Value>> = steps.iter().map(|s| s.arguments.as_ref()).collect();
     let results: Vec<Option<&Value>> = steps.iter().map(|s| s.result.as_ref()).collect();
-    let row: Option<(bool,)> = sqlx::query_as(
+    let row: Option<(i32, bool)> = sqlx::query_as(
         "WITH r AS (
             UPDATE runs SET next_seq = next_seq + cardinality($3::text[]), script_pos = $4,
                    heartbeat_at = now(), output = coalesce($5, output)
@@ -134,7 +153,7 @@ pub(crate) async fn write_steps(
             FROM r, unnest($6::uuid[], $3::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::jsonb[], $12::jsonb[])
                  WITH ORDINALITY AS s(id, kind, role, content, tool_name, tool_call_id, arguments, result, ord)
          )
-         SELECT cancel_requested FROM r",
+         SELECT first_seq, cancel_requested FROM r",
     )
     .bind(lease.run)
     .bind(lease.attempt)
@@ -148,12 +167,9 @@ pub(crate) async fn write_steps(
     .bind(&call_ids)
     .bind(&args)
     .bind(&results)
-    .fetch_optional(db)
+    .fetch_optional(&mut *conn)
     .await?;
-    Ok(match row {
-        Some((cancel_requested,)) => Written::Ok { cancel_requested },
-        None => Written::Lost,
-    })
+    Ok(row)
 }
 
 /// Shows life; answers whether a cancel was requested, or that the lease is gone.
@@ -209,4 +225,172 @@ pub(crate) async fn finish(
             .fetch_one(db)
             .await?;
     Ok(Finished { applied, next })
+}
+
+/// A tool call that waits for a person.
+pub(crate) struct ApprovalRequest<'a> {
+    pub(crate) position: i32,
+    pub(crate) tool: &'a str,
+    pub(crate) arguments: &'a Value,
+    pub(crate) result: &'a Value,
+    pub(crate) policy: &'a agentq_shared::approvals::policy::Policy,
+}
+
+/// running → waiting_approval, in one transaction: the tool call and request steps, the
+/// approval, a notification, and the agent slot handed on. None if the lease was lost;
+/// else the run that got the freed slot, if any.
+pub(crate) async fn wait_for_approval(
+    db: &PgPool,
+    lease: &Lease,
+    req: ApprovalRequest<'_>,
+) -> Result<Option<Option<RunId>>, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let agent: Option<Uuid> = sqlx::query_scalar("SELECT agent_id FROM runs WHERE id = $1")
+        .bind(lease.run)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some(agent) = agent else { return Ok(None) };
+    sqlx::query("SELECT 1 FROM agents WHERE id = $1 FOR UPDATE")
+        .bind(agent)
+        .execute(&mut *tx)
+        .await?;
+    let approval_id = Uuid::now_v7();
+    let call_id = format!("call_{}", Uuid::now_v7().simple());
+    let expires_at = Utc::now() + chrono::Duration::seconds(req.policy.timeout_seconds);
+    let steps = vec![
+        NewStep {
+            kind: "tool_call",
+            role: "assistant",
+            content: None,
+            tool_name: Some(req.tool.to_owned()),
+            tool_call_id: Some(call_id.clone()),
+            arguments: Some(req.arguments.clone()),
+            result: None,
+        },
+        NewStep {
+            kind: "approval_requested",
+            role: "system",
+            content: Some(format!("waiting for a person to approve {}", req.tool)),
+            tool_name: Some(req.tool.to_owned()),
+            tool_call_id: Some(call_id.clone()),
+            arguments: Some(req.arguments.clone()),
+            result: Some(serde_json::json!({"approval_id": approval_id, "expires_at": expires_at})),
+        },
+    ];
+    let first_seq = match write_steps_in(&mut tx, lease, req.position, None, &steps).await? {
+        Some((first_seq, _)) => first_seq,
+        None => return Ok(None),
+    };
+    let moved = sqlx::query(
+        "UPDATE runs SET status = 'waiting_approval' WHERE id = $1 AND attempts = $2 AND status = ANY($3)",
+    )
+    .bind(lease.run)
+    .bind(lease.attempt)
+    .bind(RunStatus::WaitingApproval.source_strs())
+    .execute(&mut *tx)
+    .await?;
+    if moved.rows_affected() == 0 {
+        return Ok(None);
+    }
+    sqlx::query(
+        "INSERT INTO approvals (id, team_id, agent_id, run_id, tool, arguments, result, tool_call_id, position, step_seq,
+                                on_reject, on_expire, expires_at)
+         SELECT $1, team_id, agent_id, id, $3, $4, $5, $6, $7, $8, $9, $10, $11 FROM runs WHERE id = $2",
+    )
+    .bind(approval_id)
+    .bind(lease.run)
+    .bind(req.tool)
+    .bind(req.arguments)
+    .bind(req.result)
+    .bind(&call_id)
+    .bind(req.position)
+    .bind(first_seq + 1)
+    .bind(req.policy.on_reject.as_str())
+    .bind(req.policy.on_expire.as_str())
+    .bind(expires_at)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO notifications (id, team_id, agent_id, run_id, approval_id, kind, title, body)
+         SELECT $1, r.team_id, r.agent_id, r.id, $3, 'approval.requested', 'Approval requested',
+                a.name || ' wants to call ' || $4
+         FROM runs r JOIN agents a ON a.id = r.agent_id WHERE r.id = $2",
+    )
+    .bind(Uuid::now_v7())
+    .bind(lease.run)
+    .bind(approval_id)
+    .bind(req.tool)
+    .execute(&mut *tx)
+    .await?;
+    let next: Option<RunId> = sqlx::query_scalar("SELECT agentq_unpark_next($1)")
+        .bind(agent)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Some(next))
+}
+
+/// A decided approval whose outcome the run has not recorded yet.
+#[derive(sqlx::FromRow)]
+pub(crate) struct Decided {
+    pub(crate) id: Uuid,
+    pub(crate) status: String,
+    pub(crate) tool: String,
+    pub(crate) result: Option<Value>,
+    pub(crate) tool_call_id: String,
+    pub(crate) position: i32,
+}
+
+/// The run's decided approval still to record, if any.
+pub(crate) async fn decided_approval(
+    db: &PgPool,
+    run: RunId,
+) -> Result<Option<Decided>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, status, tool, result, tool_call_id, position FROM approvals
+         WHERE run_id = $1 AND status IN ('approved', 'rejected', 'expired') AND applied_at IS NULL
+         ORDER BY id LIMIT 1",
+    )
+    .bind(run)
+    .fetch_optional(db)
+    .await
+}
+
+/// Records a decided approval's tool result (the approved call's result, or "rejected by a
+/// person") and moves past the call, once: the approval is marked applied in the same
+/// transaction, under the lease.
+pub(crate) async fn apply_decision(
+    db: &PgPool,
+    lease: &Lease,
+    d: &Decided,
+) -> Result<Written, sqlx::Error> {
+    let result = if d.status == "approved" {
+        d.result.clone().unwrap_or(Value::Null)
+    } else {
+        Value::String(agentq_shared::approvals::REJECTED_RESULT.to_owned())
+    };
+    let step = NewStep {
+        kind: "tool_result",
+        role: "tool",
+        content: None,
+        tool_name: Some(d.tool.clone()),
+        tool_call_id: Some(d.tool_call_id.clone()),
+        arguments: None,
+        result: Some(result),
+    };
+    let mut tx = db.begin().await?;
+    let applied =
+        sqlx::query("UPDATE approvals SET applied_at = now() WHERE id = $1 AND applied_at IS NULL")
+            .bind(d.id)
+            .execute(&mut *tx)
+            .await?;
+    if applied.rows_affected() == 0 {
+        return Ok(Written::Lost);
+    }
+    let written = match write_steps_in(&mut tx, lease, d.position + 1, None, &[step]).await? {
+        Some((_, cancel_requested)) => Written::Ok { cancel_requested },
+        None => return Ok(Written::Lost),
+    };
+    tx.commit().await?;
+    Ok(written)
 }

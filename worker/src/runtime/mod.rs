@@ -30,6 +30,8 @@ pub(crate) enum Action {
         arguments: Value,
         /// Result.
         result: Value,
+        /// Asked for a person's approval, whatever the agent's policy.
+        requires_approval: bool,
     },
     /// Wait before the next step.
     Sleep(Duration),
@@ -107,10 +109,12 @@ fn action_of(step: &config::ScriptStep, p: &Progress<'_>) -> Action {
             tool,
             arguments,
             result,
+            requires_approval,
         } => Action::Tool {
             name: tool.clone(),
             arguments: arguments.clone(),
             result: result.clone(),
+            requires_approval: *requires_approval,
         },
         S::Sleep { sleep_ms } => Action::Sleep(Duration::from_millis(*sleep_ms)),
         S::Fail { fail } => Action::Fail(template::render(fail, p.run)),
