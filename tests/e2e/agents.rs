@@ -36,6 +36,7 @@ async fn an_agent_is_created_read_updated_and_deleted() {
         "a scheduled agent shows its next fire time: {a}"
     );
     assert!(a["signing_secret"].as_str().unwrap().starts_with("whsec_"));
+    assert!(a["approval"].is_null(), "no approval policy unless set");
     let id = a["id"].as_str().unwrap().to_owned();
 
     let (s, got) = app.get(&format!("/api/v1/agents/{id}")).await;
@@ -47,7 +48,8 @@ async fn an_agent_is_created_read_updated_and_deleted() {
     );
 
     let (s, patched) = send(app.req(Method::PATCH, &format!("/api/v1/agents/{id}")).json(&json!({
-        "name": "greeter 2", "description": "says hello", "limits": {"max_run_seconds": 60}, "schedule": null
+        "name": "greeter 2", "description": "says hello", "limits": {"max_run_seconds": 60}, "schedule": null,
+        "approval": {"tools": ["send_email"], "on_reject": "continue"}
     }))).await;
     assert_eq!(s, StatusCode::OK, "{patched}");
     assert_eq!(patched["name"], "greeter 2");
@@ -57,6 +59,10 @@ async fn an_agent_is_created_read_updated_and_deleted() {
         json!({"max_concurrent_runs": 10, "max_run_seconds": 60})
     );
     assert!(patched["schedule"].is_null() && patched["next_run_at"].is_null());
+    assert_eq!(
+        patched["approval"],
+        json!({"tools": ["send_email"], "on_reject": "continue"})
+    );
     assert_ne!(patched["updated_at"], a["updated_at"]);
 
     let (_, list) = app.get("/api/v1/agents").await;
@@ -129,6 +135,11 @@ async fn invalid_agents_are_refused_naming_the_field() {
             "limits.max_run_seconds",
         ),
         (with(json!({"colour": "blue"})), "colour"),
+        (with(json!({"approval": {"tools": 7}})), "approval.tools"),
+        (
+            with(json!({"approval": {"on_reject": "maybe"}})),
+            "approval.on_reject",
+        ),
     ];
     for (body, field) in cases {
         let (s, b) = app.post("/api/v1/agents", body.clone()).await;

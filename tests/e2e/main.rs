@@ -5,6 +5,7 @@ mod common;
 
 mod agents;
 mod api_keys;
+mod approvals;
 mod audit_logs;
 mod cli;
 mod errors;

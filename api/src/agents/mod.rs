@@ -78,8 +78,8 @@ async fn create(
     let mut tx = state.db.begin().await?;
     let agent: Agent = sqlx::query_as(&format!(
         "INSERT INTO agents (id, team_id, name, description, runtime, config, signing_secret, schedule, timezone,
-                             max_concurrent_runs, max_run_seconds)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {AGENT_COLUMNS}"
+                             max_concurrent_runs, max_run_seconds, approval)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {AGENT_COLUMNS}"
     ))
     .bind(AgentId::new())
     .bind(auth.team_id())
