@@ -193,7 +193,7 @@ impl Runtime for HttpAgent {
             self.output = output;
         }
         match self.pending.as_mut().and_then(VecDeque::pop_front) {
-            Some(step) => Ok(action_of(&step, p)),
+            Some(step) => Ok(action_of(&step, p, false)),
             None => Ok(Action::Done {
                 output: self.output.clone(),
             }),

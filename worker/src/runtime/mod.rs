@@ -100,11 +100,19 @@ impl Runtime for AnyRuntime {
     }
 }
 
-/// Turns a configured step into an action, filling in templates.
-fn action_of(step: &config::ScriptStep, p: &Progress<'_>) -> Action {
+/// Turns a step into an action. Scripted steps are templates (`templated`); an http agent's
+/// steps are its own words and are recorded exactly as sent.
+fn action_of(step: &config::ScriptStep, p: &Progress<'_>, templated: bool) -> Action {
+    let text = |t: &str| {
+        if templated {
+            template::render(t, p.run)
+        } else {
+            t.to_owned()
+        }
+    };
     use config::ScriptStep as S;
     match step {
-        S::Reply { reply } => Action::Reply(template::render(reply, p.run)),
+        S::Reply { reply } => Action::Reply(text(reply)),
         S::Tool {
             tool,
             arguments,
@@ -117,6 +125,6 @@ fn action_of(step: &config::ScriptStep, p: &Progress<'_>) -> Action {
             requires_approval: *requires_approval,
         },
         S::Sleep { sleep_ms } => Action::Sleep(Duration::from_millis(*sleep_ms)),
-        S::Fail { fail } => Action::Fail(template::render(fail, p.run)),
+        S::Fail { fail } => Action::Fail(text(fail)),
     }
 }

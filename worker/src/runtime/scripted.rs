@@ -18,7 +18,7 @@ impl Scripted {
 impl Runtime for Scripted {
     async fn next(&mut self, p: &Progress<'_>) -> Result<Action, RuntimeError> {
         Ok(match self.config.steps.get(p.position) {
-            Some(step) => action_of(step, p),
+            Some(step) => action_of(step, p, true),
             None => Action::Done { output: None },
         })
     }
