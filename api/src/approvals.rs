@@ -12,7 +12,7 @@ use uuid::Uuid;
 use agentq_shared::approvals::{self, Approval, ApprovalFilter, Decided, Decision};
 use agentq_shared::ids::{AgentId, RunId};
 use agentq_shared::pagination::{Cursor, Page};
-use agentq_shared::runs::{create, doorbell};
+use agentq_shared::runs::doorbell;
 use agentq_shared::scopes::Scope;
 
 use crate::auth::Auth;
@@ -121,6 +121,7 @@ async fn decide(
     visible(&state, &auth, id).await?;
     let decided = approvals::decide(
         &state.db,
+        &state.queues,
         auth.team_id(),
         id,
         decision,
@@ -130,12 +131,8 @@ async fn decide(
     )
     .await?;
     match decided {
-        Decided::Done { approval, enqueue } => {
-            if let Some(run) = enqueue {
-                create::enqueue(&state.runs, run).await;
-            } else {
-                doorbell::ring(&mut state.redis.clone(), &state.keys, approval.run_id).await;
-            }
+        Decided::Done(approval) => {
+            doorbell::ring(&mut state.redis.clone(), &state.keys, approval.run_id).await;
             Ok(Json(approval))
         }
         Decided::NotFound => Err(ApiError::not_found("Approval")),

@@ -20,6 +20,10 @@ pub struct ApiConfig {
     pub chat_timeout: Duration,
     /// Allow agent and webhook URLs on private networks (`AGENTQ_ALLOW_PRIVATE_NETWORKS`).
     pub allow_private_networks: bool,
+    /// How long a rotated-out webhook secret keeps signing.
+    pub rotation_grace: Duration,
+    /// `AGENTQ_MASTER_KEY`, if set.
+    pub master_key: Option<[u8; 32]>,
 }
 
 impl ApiConfig {
@@ -32,6 +36,8 @@ impl ApiConfig {
             last_used_flush: Duration::from_secs(10),
             chat_timeout: Duration::from_secs(30),
             allow_private_networks: false,
+            rotation_grace: Duration::from_secs(86_400),
+            master_key: None,
         }
     }
 }

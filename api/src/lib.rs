@@ -30,8 +30,11 @@ mod notifications;
 mod runs;
 mod triggers;
 mod usage;
+mod webhooks;
 
-use agentq_shared::queue::{Queue, QueueConfig, QueueError};
+use agentq_shared::crypto::Keyring;
+use agentq_shared::queue::QueueError;
+use agentq_shared::queues::Queues;
 use agentq_shared::redis_conn::{self, Keys};
 pub use config::ApiConfig;
 use error::ApiError;
@@ -83,12 +86,14 @@ impl App {
                     source,
                 })?;
         let keys = Keys::new(config.store.redis_prefix.clone());
-        let runs = Queue::new(redis.clone(), &keys, QueueConfig::new("runs"))?;
+        let queues = Queues::new(redis.clone(), &keys)?;
+        let keyring = Keyring::load(&db, config.master_key).await?;
         let state = AppState {
             db,
             redis,
             keys,
-            runs,
+            queues,
+            keyring,
             hub: Arc::new(Hub::default()),
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
             config: Arc::new(config),
@@ -155,7 +160,8 @@ pub fn router(state: AppState) -> Router {
         .merge(runs::routes())
         .merge(usage::routes())
         .merge(approvals::routes())
-        .merge(notifications::routes());
+        .merge(notifications::routes())
+        .merge(webhooks::routes());
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -9,9 +9,10 @@ use chrono::{DateTime, Utc};
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
+use agentq_shared::crypto::Keyring;
 use agentq_shared::ids::ApiKeyId;
 use agentq_shared::keys;
-use agentq_shared::queue::Queue;
+use agentq_shared::queues::Queues;
 use agentq_shared::redis_conn::Keys;
 
 use crate::config::ApiConfig;
@@ -26,8 +27,10 @@ pub struct AppState {
     pub redis: ConnectionManager,
     /// Redis key names.
     pub keys: Keys,
-    /// The run queue.
-    pub runs: Queue,
+    /// The run and delivery queues.
+    pub queues: Queues,
+    /// Encrypts stored secrets.
+    pub keyring: Keyring,
     /// Run doorbells.
     pub hub: Arc<Hub>,
     /// Flips to true when the server starts shutting down.

@@ -107,7 +107,7 @@ async fn trigger(
         idempotency,
         audit: t.audit_action.map(|a| (auth.actor(), auth.meta(), a)),
     };
-    create::create_run(&state.db, &state.runs, new)
+    create::create_run(&state.db, &state.queues, new)
         .await
         .map_err(|e| match e {
             CreateError::AgentNotFound => ApiError::not_found("Agent"),

@@ -4,19 +4,15 @@
 use sqlx::PgPool;
 
 use agentq_shared::approvals;
-use agentq_shared::queue::Queue;
-use agentq_shared::runs::create;
+use agentq_shared::queues::Queues;
 
 const BATCH: i64 = 100;
 
 /// Expires what is due; returns how many approvals expired.
-pub(crate) async fn approvals(db: &PgPool, queue: &Queue) -> Result<usize, sqlx::Error> {
+pub(crate) async fn approvals(db: &PgPool, queues: &Queues) -> Result<usize, sqlx::Error> {
     let mut total = 0;
     loop {
-        let (n, runs) = approvals::expire_due(db, BATCH).await?;
-        for run in runs {
-            create::enqueue(queue, run).await;
-        }
+        let n = approvals::expire_due(db, queues, BATCH).await?;
         total += n;
         if (n as i64) < BATCH {
             return Ok(total);

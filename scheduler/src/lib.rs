@@ -11,7 +11,8 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use agentq_shared::config::StoreConfig;
-use agentq_shared::queue::{Queue, QueueConfig, QueueError};
+use agentq_shared::queue::QueueError;
+use agentq_shared::queues::Queues;
 use agentq_shared::redis_conn::{self, Keys};
 
 /// Settings of one scheduler process.
@@ -61,7 +62,7 @@ pub async fn run(
     let db = agentq_shared::db::connect(&config.store.database_url, 4).await?;
     let redis = redis_conn::connect(&config.store.redis_url).await?;
     let keys = Keys::new(config.store.redis_prefix.clone());
-    let runs = Queue::new(redis.clone(), &keys, QueueConfig::new("runs"))?;
+    let queues = Queues::new(redis.clone(), &keys)?;
     let mut lease = leader::Lease::new(redis.clone(), &keys, config.tick * 5);
     tracing::info!(holder = lease.holder(), "scheduler started");
     tokio::pin!(shutdown);
@@ -77,8 +78,17 @@ pub async fn run(
         if !leading {
             continue;
         }
-        timed("reconcile_runs", reconcile::runs(&db, &runs, &config)).await;
-        timed("expire_approvals", expire::approvals(&db, &runs)).await;
+        timed(
+            "reconcile_runs",
+            reconcile::runs(&db, &queues.runs, &config),
+        )
+        .await;
+        timed(
+            "reconcile_deliveries",
+            reconcile::deliveries(&db, &queues.deliveries, &config),
+        )
+        .await;
+        timed("expire_approvals", expire::approvals(&db, &queues)).await;
     }
     lease.release().await;
     tracing::info!("scheduler stopped");

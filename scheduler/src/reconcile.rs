@@ -8,6 +8,7 @@ use sqlx::PgPool;
 use agentq_shared::ids::RunId;
 use agentq_shared::queue::Queue;
 use agentq_shared::runs::RunJob;
+use agentq_shared::webhooks::DeliveryJob;
 
 use crate::SchedulerConfig;
 
@@ -43,6 +44,37 @@ pub(crate) async fn runs(
     let mut ids = ids;
     ids.sort();
     let payloads: Vec<String> = ids.iter().map(|id| RunJob::payload(*id)).collect();
+    queue
+        .enqueue_many(&payloads)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(ids.len())
+}
+
+/// Re-enqueues deliveries that are due but whose job was lost; returns how many.
+pub(crate) async fn deliveries(
+    db: &PgPool,
+    queue: &Queue,
+    config: &SchedulerConfig,
+) -> Result<usize, String> {
+    let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "UPDATE webhook_deliveries SET next_attempt_at = now()
+         WHERE id IN (
+            SELECT id FROM webhook_deliveries
+            WHERE status = 'pending' AND next_attempt_at < now() - make_interval(secs => $1)
+            ORDER BY next_attempt_at LIMIT $2
+            FOR UPDATE SKIP LOCKED)
+         RETURNING id",
+    )
+    .bind(config.requeue_after.as_secs_f64())
+    .bind(BATCH)
+    .fetch_all(db)
+    .await
+    .map_err(|e| e.to_string())?;
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let payloads: Vec<String> = ids.iter().map(|id| DeliveryJob::payload(*id)).collect();
     queue
         .enqueue_many(&payloads)
         .await

@@ -99,7 +99,17 @@ fn api_config(
     config.last_used_flush = Duration::from_secs(args.last_used_flush_seconds.max(1));
     config.chat_timeout = Duration::from_secs(args.chat_timeout_seconds.max(1));
     config.allow_private_networks = t.allow_private_networks;
+    config.rotation_grace = Duration::from_secs(args.webhook_rotation_grace_seconds);
+    config.master_key = master_key(t)?;
     Ok(config)
+}
+
+fn master_key(t: &TuningArgs) -> Result<Option<[u8; 32]>, ConfigError> {
+    t.master_key
+        .as_deref()
+        .filter(|k| !k.trim().is_empty())
+        .map(agentq_shared::crypto::parse_master_key)
+        .transpose()
 }
 
 fn worker_config(
@@ -120,6 +130,25 @@ fn worker_config(
     config.claim_idle = seconds("AGENTQ_CLAIM_IDLE_SECONDS", args.claim_idle_seconds)?;
     config.redis_give_up = seconds("AGENTQ_REDIS_GIVE_UP_SECONDS", args.redis_give_up_seconds)?;
     config.allow_private_networks = t.allow_private_networks;
+    config.master_key = master_key(t)?;
+    if args.delivery_concurrency == 0 || args.endpoint_concurrency == 0 {
+        return Err(ConfigError::invalid(
+            "AGENTQ_DELIVERY_CONCURRENCY",
+            "and AGENTQ_ENDPOINT_CONCURRENCY must be at least 1",
+        ));
+    }
+    config.delivery_concurrency = args.delivery_concurrency;
+    config.endpoint_concurrency = args.endpoint_concurrency;
+    config.retry_schedule =
+        agentq_shared::webhooks::schedule::RetrySchedule::parse(&args.webhook_retry_schedule)?;
+    config.webhook_timeout = seconds(
+        "AGENTQ_WEBHOOK_TIMEOUT_SECONDS",
+        args.webhook_timeout_seconds,
+    )?;
+    config.disable_after = seconds(
+        "AGENTQ_WEBHOOK_DISABLE_AFTER_SECONDS",
+        args.webhook_disable_after_seconds,
+    )?;
     Ok(config)
 }
 

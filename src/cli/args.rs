@@ -72,6 +72,11 @@ pub(crate) struct TuningArgs {
     #[arg(long, env = "AGENTQ_ALLOW_PRIVATE_NETWORKS", global = true, default_value_t = false, action = clap::ArgAction::Set)]
     pub(crate) allow_private_networks: bool,
 
+    /// Base64 of 32 bytes that encrypts stored secrets (AES-256-GCM). Without it, a key kept
+    /// in the database is used.
+    #[arg(long, env = "AGENTQ_MASTER_KEY", global = true, hide_env_values = true)]
+    pub(crate) master_key: Option<String>,
+
     /// A running run whose worker showed no life for this long is taken over (seconds).
     #[arg(
         long,
@@ -119,6 +124,14 @@ pub(crate) struct ApiArgs {
     /// Longest /chat waits for the reply before answering 202 with the run id (seconds).
     #[arg(long, env = "AGENTQ_CHAT_TIMEOUT_SECONDS", default_value_t = 30)]
     pub(crate) chat_timeout_seconds: u64,
+
+    /// After a webhook secret rotation, the old secret also signs for this long (seconds).
+    #[arg(
+        long,
+        env = "AGENTQ_WEBHOOK_ROTATION_GRACE_SECONDS",
+        default_value_t = 86400
+    )]
+    pub(crate) webhook_rotation_grace_seconds: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -134,6 +147,34 @@ pub(crate) struct WorkerArgs {
     /// Exit non-zero when Redis has been unreachable this long (seconds).
     #[arg(long, env = "AGENTQ_REDIS_GIVE_UP_SECONDS", default_value_t = 60.0)]
     pub(crate) redis_give_up_seconds: f64,
+
+    /// Webhook deliveries attempted at once by this process.
+    #[arg(long, env = "AGENTQ_DELIVERY_CONCURRENCY", default_value_t = 32)]
+    pub(crate) delivery_concurrency: usize,
+
+    /// Delivery attempts in flight per webhook endpoint in this process.
+    #[arg(long, env = "AGENTQ_ENDPOINT_CONCURRENCY", default_value_t = 4)]
+    pub(crate) endpoint_concurrency: usize,
+
+    /// Delays before each delivery attempt, e.g. 0s,5s,5m,30m,2h,5h,10h,10h.
+    #[arg(
+        long,
+        env = "AGENTQ_WEBHOOK_RETRY_SCHEDULE",
+        default_value = "0s,5s,5m,30m,2h,5h,10h,10h"
+    )]
+    pub(crate) webhook_retry_schedule: String,
+
+    /// Timeout of one delivery attempt (seconds).
+    #[arg(long, env = "AGENTQ_WEBHOOK_TIMEOUT_SECONDS", default_value_t = 15.0)]
+    pub(crate) webhook_timeout_seconds: f64,
+
+    /// An endpoint whose deliveries keep failing this long is disabled (seconds; 5 days).
+    #[arg(
+        long,
+        env = "AGENTQ_WEBHOOK_DISABLE_AFTER_SECONDS",
+        default_value_t = 432000.0
+    )]
+    pub(crate) webhook_disable_after_seconds: f64,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -5,7 +5,10 @@ use std::sync::Arc;
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
-use agentq_shared::queue::Queue;
+use agentq_shared::crypto::Keyring;
+use agentq_shared::queues::Queues;
+
+use crate::webhooks::EndpointLimits;
 use agentq_shared::redis_conn::Keys;
 
 use crate::net::SafeClient;
@@ -20,9 +23,13 @@ pub struct Ctx {
     pub redis: ConnectionManager,
     /// Redis key names.
     pub keys: Keys,
-    /// The run queue (for deferred retries).
-    pub runs: Queue,
+    /// The run and delivery queues (producer side).
+    pub queues: Queues,
     pub(crate) http: SafeClient,
+    /// Decrypts endpoint secrets.
+    pub keyring: Keyring,
+    /// Attempts in flight per webhook endpoint.
+    pub(crate) endpoint_limits: Arc<EndpointLimits>,
     /// Settings.
     pub config: Arc<WorkerConfig>,
 }

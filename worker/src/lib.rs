@@ -8,6 +8,7 @@ mod context;
 mod net;
 mod runs;
 mod runtime;
+mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,9 +17,13 @@ use std::time::Duration;
 use apalis::prelude::*;
 
 use agentq_shared::config::StoreConfig;
+use agentq_shared::crypto::Keyring;
 use agentq_shared::queue::{DeliveryInfo, Queue, QueueConfig, StreamBackend, StreamBackendOptions};
+use agentq_shared::queues::Queues;
 use agentq_shared::redis_conn::{self, Keys};
 use agentq_shared::runs::RunJob;
+use agentq_shared::webhooks::schedule::RetrySchedule;
+use agentq_shared::webhooks::DeliveryJob;
 
 pub use context::Ctx;
 pub use runs::{handle, JobError};
@@ -38,8 +43,20 @@ pub struct WorkerConfig {
     pub claim_idle: Duration,
     /// Exit non-zero when Redis has been unreachable this long.
     pub redis_give_up: Duration,
-    /// Let http agents live on private networks.
+    /// Let http agents and webhook endpoints live on private networks.
     pub allow_private_networks: bool,
+    /// Webhook deliveries attempted at once by this process.
+    pub delivery_concurrency: usize,
+    /// Attempts in flight per webhook endpoint in this process.
+    pub endpoint_concurrency: usize,
+    /// Delays before each delivery attempt.
+    pub retry_schedule: RetrySchedule,
+    /// Timeout of one delivery attempt.
+    pub webhook_timeout: Duration,
+    /// An endpoint failing this long is disabled.
+    pub disable_after: Duration,
+    /// `AGENTQ_MASTER_KEY`, if set.
+    pub master_key: Option<[u8; 32]>,
 }
 
 impl WorkerConfig {
@@ -53,6 +70,12 @@ impl WorkerConfig {
             claim_idle: Duration::from_secs(15),
             redis_give_up: Duration::from_secs(60),
             allow_private_networks: false,
+            delivery_concurrency: 32,
+            endpoint_concurrency: 4,
+            retry_schedule: RetrySchedule::default(),
+            webhook_timeout: Duration::from_secs(15),
+            disable_after: Duration::from_secs(5 * 24 * 3600),
+            master_key: None,
         }
     }
 }
@@ -95,19 +118,45 @@ pub async fn run(
     let runs = Queue::connect(&config.store.redis_url, &keys, queue_config)
         .await
         .map_err(|e| WorkerError::Queue(e.to_string()))?;
+    let keyring = Keyring::load(&db, config.master_key).await?;
+    let deliveries = Queue::connect(
+        &config.store.redis_url,
+        &keys,
+        QueueConfig {
+            min_idle: config.claim_idle,
+            renew_every: config.claim_idle / 3,
+            ..QueueConfig::new("deliveries")
+        },
+    )
+    .await
+    .map_err(|e| WorkerError::Queue(e.to_string()))?;
     let ctx = Ctx {
+        queues: Queues {
+            runs: runs.clone(),
+            deliveries: deliveries.clone(),
+        },
+        keyring,
+        endpoint_limits: Arc::new(webhooks::EndpointLimits::new(config.endpoint_concurrency)),
         db,
         redis,
         keys,
-        runs: runs.clone(),
         http: net::SafeClient::new(config.allow_private_networks)?,
         config: config.clone(),
     };
-    let consumer = runs.consumer(format!(
+    let name = format!(
         "worker-{}-{}",
         std::process::id(),
         uuid::Uuid::now_v7().simple()
-    ));
+    );
+    let consumer = runs.consumer(name.clone());
+    let delivery_consumer = deliveries.consumer(name);
+    let delivery_options = StreamBackendOptions {
+        max_in_flight: config.delivery_concurrency,
+        give_up_after: config.redis_give_up,
+        ..StreamBackendOptions::default()
+    };
+    let delivery_concurrency = config.delivery_concurrency;
+    let delivery_ctx = ctx.clone();
     let concurrency = config.concurrency;
     let options = StreamBackendOptions {
         max_in_flight: concurrency,
@@ -115,18 +164,31 @@ pub async fn run(
         ..StreamBackendOptions::default()
     };
     tracing::info!(consumer = consumer.name(), concurrency, "worker started");
-    let monitor = Monitor::new().register(move |_restarts| {
-        WorkerBuilder::new("runs")
-            .backend(StreamBackend::<RunJob>::new(
-                consumer.clone(),
-                options.clone(),
-            ))
-            .enable_tracing()
-            .catch_panic()
-            .concurrency(concurrency)
-            .data(ctx.clone())
-            .build(run_job)
-    });
+    let monitor = Monitor::new()
+        .register(move |_restarts| {
+            WorkerBuilder::new("runs")
+                .backend(StreamBackend::<RunJob>::new(
+                    consumer.clone(),
+                    options.clone(),
+                ))
+                .enable_tracing()
+                .catch_panic()
+                .concurrency(concurrency)
+                .data(ctx.clone())
+                .build(run_job)
+        })
+        .register(move |_restarts| {
+            WorkerBuilder::new("deliveries")
+                .backend(StreamBackend::<DeliveryJob>::new(
+                    delivery_consumer.clone(),
+                    delivery_options.clone(),
+                ))
+                .enable_tracing()
+                .catch_panic()
+                .concurrency(delivery_concurrency)
+                .data(delivery_ctx.clone())
+                .build(delivery_job)
+        });
     // Not Monitor::run_with_signal: it would keep waiting for the signal after the worker
     // gave up on Redis, leaving a process that is up but does nothing.
     let handle = monitor.context();
@@ -140,6 +202,14 @@ pub async fn run(
         .map_err(|e| WorkerError::Queue(e.to_string()))?;
     tracing::info!("worker stopped");
     Ok(())
+}
+
+/// The apalis job function for webhook deliveries.
+async fn delivery_job(job: DeliveryJob, ctx: Data<Ctx>) -> Result<(), BoxDynError> {
+    webhooks::handle(&ctx, job).await.map_err(|e| {
+        tracing::warn!(delivery_id = %job.delivery_id, error = %e, "delivery job failed; it will be redelivered");
+        Box::new(e) as BoxDynError
+    })
 }
 
 /// The apalis job function for runs: Ok acknowledges the entry, Err leaves it for redelivery.

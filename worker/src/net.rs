@@ -56,3 +56,15 @@ impl SafeClient {
         validate_destination(url, self.allow_private)
     }
 }
+
+/// An error with its causes, for messages stored on runs and attempts.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

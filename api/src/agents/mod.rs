@@ -17,6 +17,7 @@ use agentq_shared::pagination::{Cursor, Page};
 use agentq_shared::runs::RunJob;
 use agentq_shared::schedule::Schedule;
 use agentq_shared::scopes::Scope;
+use agentq_shared::webhooks::{self, Outbox};
 
 use crate::auth::Auth;
 use crate::error::ApiError;
@@ -95,19 +96,33 @@ async fn create(
     .bind(&v.approval)
     .fetch_one(&mut *tx)
     .await?;
-    audit_agent(&mut tx, &auth, &agent, "agent.created").await?;
+    let outbox = record_change(&mut tx, &auth, &agent, "agent.created").await?;
     tx.commit().await?;
+    outbox.send(&state.queues.deliveries).await;
     let mut out = agent_json(&agent);
     out["signing_secret"] = Value::String(secret);
     Ok((StatusCode::CREATED, Json(out)))
 }
 
-async fn audit_agent(
+/// Audits a change to an agent and emits its event (pause and resume are updates).
+async fn record_change(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     auth: &Auth,
     agent: &Agent,
     action: &str,
-) -> Result<(), sqlx::Error> {
+) -> Result<Outbox, sqlx::Error> {
+    let event = match action {
+        "agent.created" | "agent.deleted" => action,
+        _ => "agent.updated",
+    };
+    let outbox = webhooks::emit(
+        tx,
+        auth.team_id(),
+        event,
+        Some(agent.id),
+        &agent_json(agent),
+    )
+    .await?;
     audit::record(
         &mut **tx,
         AuditEntry {
@@ -120,7 +135,8 @@ async fn audit_agent(
             details: json!({"name": agent.name, "status": agent.status}),
         },
     )
-    .await
+    .await?;
+    Ok(outbox)
 }
 
 #[derive(serde::Deserialize)]
@@ -182,8 +198,9 @@ async fn update(
     .fetch_optional(&mut *tx)
     .await?;
     let agent = agent.ok_or_else(|| ApiError::not_found("Agent"))?;
-    audit_agent(&mut tx, &auth, &agent, "agent.updated").await?;
+    let outbox = record_change(&mut tx, &auth, &agent, "agent.updated").await?;
     tx.commit().await?;
+    outbox.send(&state.queues.deliveries).await;
     Ok(Json(agent_json(&agent)))
 }
 
@@ -220,8 +237,9 @@ async fn remove(
     .bind(id)
     .execute(&mut *tx)
     .await?;
-    audit_agent(&mut tx, &auth, &agent, "agent.deleted").await?;
+    let outbox = record_change(&mut tx, &auth, &agent, "agent.deleted").await?;
     tx.commit().await?;
+    outbox.send(&state.queues.deliveries).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -244,7 +262,7 @@ async fn resume(
     let (agent, released) = set_status(&state, &auth, id, "active").await?;
     let payloads: Vec<String> = released.into_iter().map(RunJob::payload).collect();
     if !payloads.is_empty() {
-        if let Err(e) = state.runs.enqueue_many(&payloads).await {
+        if let Err(e) = state.queues.runs.enqueue_many(&payloads).await {
             tracing::warn!(error = %e, runs = payloads.len(), "enqueue of released runs failed; the reconciler will retry");
         }
     }
@@ -307,7 +325,8 @@ async fn set_status(
     } else {
         "agent.paused"
     };
-    audit_agent(&mut tx, auth, &agent, action).await?;
+    let outbox = record_change(&mut tx, auth, &agent, action).await?;
     tx.commit().await?;
+    outbox.send(&state.queues.deliveries).await;
     Ok((agent, released))
 }

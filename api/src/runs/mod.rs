@@ -116,7 +116,7 @@ async fn cancel(
 ) -> Result<Response, ApiError> {
     auth.require(Scope::AgentsWrite)?;
     visible_run(&state, &auth, id).await?;
-    match runs::cancel(&state.db, auth.team_id(), id).await? {
+    match runs::cancel(&state.db, &state.queues, auth.team_id(), id).await? {
         CancelOutcome::Cancelled(run) => {
             agentq_shared::runs::doorbell::ring(&mut state.redis.clone(), &state.keys, id).await;
             Ok((StatusCode::OK, Json(run)).into_response())

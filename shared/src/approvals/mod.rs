@@ -14,7 +14,9 @@ use uuid::Uuid;
 use crate::audit::{self, Actor, AuditEntry, RequestMeta};
 use crate::ids::{AgentId, ApiKeyId, RunId, TeamId};
 use crate::pagination::{Cursor, Page};
-use crate::runs::RunStatus;
+use crate::queues::Queues;
+use crate::runs::{create, RunStatus};
+use crate::webhooks::{self, Outbox};
 
 /// The tool result recorded when a call was refused (rejected, or expired without a yes).
 pub const REJECTED_RESULT: &str = "rejected by a person";
@@ -128,13 +130,8 @@ pub enum Decision {
 /// The result of deciding.
 #[derive(Debug)]
 pub enum Decided {
-    /// Decided now; `enqueue` is the run to put back on the queue, if it goes on.
-    Done {
-        /// The approval after the decision.
-        approval: Approval,
-        /// The run to enqueue.
-        enqueue: Option<RunId>,
-    },
+    /// Decided now (and the run put back on the queue if it goes on).
+    Done(Approval),
     /// No such approval for this team.
     NotFound,
     /// Already decided, expired or cancelled.
@@ -144,6 +141,7 @@ pub enum Decided {
 /// Approves or rejects a pending approval and moves its run on, in one transaction.
 pub async fn decide(
     pool: &PgPool,
+    queues: &Queues,
     team: TeamId,
     id: Uuid,
     decision: Decision,
@@ -177,7 +175,7 @@ pub async fn decide(
     };
     let goes_on = decision == Decision::Approve || approval.on_reject == "continue";
     let why = format!("tool call {} was rejected by a person", approval.tool);
-    let enqueue = move_run_on(&mut tx, &approval, goes_on, &why).await?;
+    let (enqueue, outbox) = move_run_on(&mut tx, &approval, goes_on, &why).await?;
     audit::record(
         &mut *tx,
         AuditEntry {
@@ -196,12 +194,16 @@ pub async fn decide(
     )
     .await?;
     tx.commit().await?;
-    Ok(Decided::Done { approval, enqueue })
+    if let Some(run) = enqueue {
+        create::enqueue(&queues.runs, run).await;
+    }
+    outbox.send(&queues.deliveries).await;
+    Ok(Decided::Done(approval))
 }
 
-/// Expires overdue approvals (a batch) and applies each one's `on_expire`; returns the runs
-/// to enqueue.
-pub async fn expire_due(pool: &PgPool, batch: i64) -> Result<(usize, Vec<RunId>), sqlx::Error> {
+/// Expires overdue approvals (a batch) and applies each one's `on_expire`, enqueueing the
+/// runs that go on; returns how many expired.
+pub async fn expire_due(pool: &PgPool, queues: &Queues, batch: i64) -> Result<usize, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let expired: Vec<Approval> = sqlx::query_as(&format!(
         "UPDATE approvals SET status = 'expired', decided_at = now()
@@ -213,12 +215,13 @@ pub async fn expire_due(pool: &PgPool, batch: i64) -> Result<(usize, Vec<RunId>)
     .fetch_all(&mut *tx)
     .await?;
     let mut enqueue = Vec::new();
+    let mut outbox = Outbox::default();
     for a in &expired {
         let goes_on = a.on_expire == "continue";
         let why = format!("approval for tool call {} expired", a.tool);
-        if let Some(run) = move_run_on(&mut tx, a, goes_on, &why).await? {
-            enqueue.push(run);
-        }
+        let (run, out) = move_run_on(&mut tx, a, goes_on, &why).await?;
+        enqueue.extend(run);
+        outbox.extend(out);
         audit::record(
             &mut *tx,
             AuditEntry {
@@ -234,16 +237,24 @@ pub async fn expire_due(pool: &PgPool, batch: i64) -> Result<(usize, Vec<RunId>)
         .await?;
     }
     tx.commit().await?;
-    Ok((expired.len(), enqueue))
+    for run in enqueue {
+        create::enqueue(&queues.runs, run).await;
+    }
+    outbox.send(&queues.deliveries).await;
+    Ok(expired.len())
 }
 
-/// waiting_approval → queued (the run goes on; returns it to enqueue) or → failed.
+/// waiting_approval → queued (the run goes on; returns it to enqueue) or → failed, and
+/// `approval.resolved`.
 async fn move_run_on(
     tx: &mut Transaction<'_, Postgres>,
     a: &Approval,
     goes_on: bool,
     why: &str,
-) -> Result<Option<RunId>, sqlx::Error> {
+) -> Result<(Option<RunId>, Outbox), sqlx::Error> {
+    let data = serde_json::to_value(a).unwrap_or(Value::Null);
+    let mut outbox =
+        webhooks::emit(tx, a.team_id, "approval.resolved", Some(a.agent_id), &data).await?;
     if goes_on {
         let run: Option<RunId> = sqlx::query_scalar(
             "UPDATE runs SET status = 'queued', queued_at = now() WHERE id = $1 AND status = ANY($2) RETURNING id",
@@ -252,18 +263,18 @@ async fn move_run_on(
         .bind(RunStatus::Queued.source_strs())
         .fetch_optional(&mut **tx)
         .await?;
-        return Ok(run);
+        return Ok((run, outbox));
     }
-    fail_waiting_run(tx, a.run_id, why).await?;
-    Ok(None)
+    outbox.extend(fail_waiting_run(tx, a.run_id, why).await?);
+    Ok((None, outbox))
 }
 
-/// Ends a waiting run as failed, with its usage record and a notification.
+/// Ends a waiting run as failed, with its usage record, a notification and `run.failed`.
 async fn fail_waiting_run(
     tx: &mut Transaction<'_, Postgres>,
     run: RunId,
     why: &str,
-) -> Result<(), sqlx::Error> {
+) -> Result<Outbox, sqlx::Error> {
     let sources: Vec<&str> = RunStatus::Failed
         .source_strs()
         .into_iter()
@@ -292,25 +303,41 @@ async fn fail_waiting_run(
     .bind(sources)
     .fetch_optional(&mut **tx)
     .await?;
-    if ended.is_some() {
-        sqlx::query("SELECT agentq_notify_run_end($1)")
-            .bind(run)
-            .execute(&mut **tx)
-            .await?;
+    if ended.is_none() {
+        return Ok(Outbox::default());
     }
-    Ok(())
+    sqlx::query("SELECT agentq_notify_run_end($1)")
+        .bind(run)
+        .execute(&mut **tx)
+        .await?;
+    let outbox: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT agentq_emit(team_id, 'run.failed', agent_id, agentq_run_json(id)) FROM runs WHERE id = $1",
+    )
+    .bind(run)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(Outbox(outbox))
 }
 
-/// Cancels a run's pending approvals (the run is being cancelled in the same transaction).
+/// Cancels a run's pending approvals (the run is being cancelled in the same transaction),
+/// with `approval.resolved` for each.
 pub async fn cancel_for_run(
     tx: &mut Transaction<'_, Postgres>,
     run: RunId,
-) -> Result<u64, sqlx::Error> {
-    let r = sqlx::query(
-        "UPDATE approvals SET status = 'cancelled', decided_at = now() WHERE run_id = $1 AND status = 'pending'",
-    )
+) -> Result<Outbox, sqlx::Error> {
+    let cancelled: Vec<Approval> = sqlx::query_as(&format!(
+        "UPDATE approvals SET status = 'cancelled', decided_at = now() WHERE run_id = $1 AND status = 'pending'
+         RETURNING {APPROVAL_COLUMNS}"
+    ))
     .bind(run)
-    .execute(&mut **tx)
+    .fetch_all(&mut **tx)
     .await?;
-    Ok(r.rows_affected())
+    let mut outbox = Outbox::default();
+    for a in &cancelled {
+        let data = serde_json::to_value(a).unwrap_or(Value::Null);
+        outbox.extend(
+            webhooks::emit(tx, a.team_id, "approval.resolved", Some(a.agent_id), &data).await?,
+        );
+    }
+    Ok(outbox)
 }

@@ -10,7 +10,9 @@ use sqlx::PgPool;
 use crate::audit::{self, Actor, AuditEntry, RequestMeta};
 use crate::ids::{AgentId, RunId, TeamId};
 use crate::queue::Queue;
+use crate::queues::Queues;
 use crate::runs::{Run, RunJob, RUN_COLUMNS};
+use crate::webhooks::{self, Outbox};
 
 /// An idempotency key and the fingerprint of the request that carried it.
 pub struct Idempotency<'a> {
@@ -84,15 +86,16 @@ pub enum CreateError {
 /// Records the run in one transaction, then enqueues it unless its agent is paused.
 pub async fn create_run(
     pool: &PgPool,
-    queue: &Queue,
+    queues: &Queues,
     new: NewRun<'_>,
 ) -> Result<Created, CreateError> {
-    let created = insert(pool, new).await?;
+    let (created, outbox) = insert(pool, new).await?;
     if let Created::New(run) = &created {
         if !run.held {
-            enqueue(queue, run.id).await;
+            enqueue(&queues.runs, run.id).await;
         }
     }
+    outbox.send(&queues.deliveries).await;
     Ok(created)
 }
 
@@ -110,7 +113,7 @@ struct Earlier {
     run: Run,
 }
 
-async fn insert(pool: &PgPool, new: NewRun<'_>) -> Result<Created, CreateError> {
+async fn insert(pool: &PgPool, new: NewRun<'_>) -> Result<(Created, Outbox), CreateError> {
     let mut tx = pool.begin().await?;
     // FOR SHARE: a concurrent pause/resume waits for this run to be recorded, so resume
     // always sees (and releases) runs held while the agent was paused.
@@ -160,7 +163,7 @@ async fn insert(pool: &PgPool, new: NewRun<'_>) -> Result<Created, CreateError> 
         .await?;
         let (run, stored_hash) = (earlier.run, earlier.request_hash);
         return if stored_hash.as_deref() == hash {
-            Ok(Created::Replayed(run))
+            Ok((Created::Replayed(run), Outbox::default()))
         } else {
             Err(CreateError::KeyReused)
         };
@@ -180,6 +183,15 @@ async fn insert(pool: &PgPool, new: NewRun<'_>) -> Result<Created, CreateError> 
         )
         .await?;
     }
+    let data = serde_json::to_value(&run).unwrap_or(Value::Null);
+    let outbox = webhooks::emit(
+        &mut tx,
+        new.team_id,
+        "run.queued",
+        Some(new.agent_id),
+        &data,
+    )
+    .await?;
     tx.commit().await?;
-    Ok(Created::New(run))
+    Ok((Created::New(run), outbox))
 }

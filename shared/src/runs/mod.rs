@@ -176,6 +176,7 @@ pub enum CancelOutcome {
 /// flagging it for its worker.
 pub async fn cancel(
     pool: &sqlx::PgPool,
+    queues: &crate::queues::Queues,
     team_id: TeamId,
     id: RunId,
 ) -> Result<CancelOutcome, sqlx::Error> {
@@ -190,8 +191,14 @@ pub async fn cancel(
     .fetch_optional(&mut *tx)
     .await?;
     if let Some(run) = done {
-        crate::approvals::cancel_for_run(&mut tx, run.id).await?;
+        let mut outbox = crate::approvals::cancel_for_run(&mut tx, run.id).await?;
+        let data = serde_json::to_value(&run).unwrap_or(Value::Null);
+        outbox.extend(
+            crate::webhooks::emit(&mut tx, team_id, "run.cancelled", Some(run.agent_id), &data)
+                .await?,
+        );
         tx.commit().await?;
+        outbox.send(&queues.deliveries).await;
         return Ok(CancelOutcome::Cancelled(run));
     }
     let flagged: Option<Run> = sqlx::query_as(&format!(

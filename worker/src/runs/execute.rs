@@ -16,6 +16,7 @@ use agentq_shared::approvals::policy::Policy;
 use agentq_shared::ids::RunId;
 use agentq_shared::runs::steps::{self, Step};
 use agentq_shared::runs::{self, doorbell, RunStatus};
+use agentq_shared::webhooks::Outbox;
 
 use super::store::{self, ApprovalRequest, Ending, Lease, NewStep, Written};
 use super::JobError;
@@ -36,6 +37,7 @@ enum End {
     /// Waiting for a person; `next` got the agent slot this run freed.
     Waiting {
         next: Option<RunId>,
+        outbox: Outbox,
     },
     Lost,
 }
@@ -52,8 +54,9 @@ pub(super) async fn execute(ctx: &Ctx, lease: Lease, agent: Agent) -> Result<(),
             tracing::info!("lease lost; another worker owns the run now");
             return Ok(());
         }
-        End::Waiting { next } => {
+        End::Waiting { next, outbox } => {
             tracing::info!("run waits for approval");
+            outbox.send(&ctx.queues.deliveries).await;
             next
         }
         End::Finished(status, output, error) => {
@@ -68,12 +71,13 @@ pub(super) async fn execute(ctx: &Ctx, lease: Lease, agent: Agent) -> Result<(),
                     .increment(1);
                 tracing::info!(status = %status, "run finished");
             }
+            finished.outbox.send(&ctx.queues.deliveries).await;
             finished.next
         }
     };
     if let Some(next) = next {
         // If this enqueue is lost, the reconciler finds the unparked run still queued.
-        runs::create::enqueue(&ctx.runs, next).await;
+        runs::create::enqueue(&ctx.queues.runs, next).await;
     }
     doorbell::ring(&mut ctx.redis.clone(), &ctx.keys, lease.run).await;
     Ok(())
@@ -218,7 +222,7 @@ async fn run_steps(
                         policy: &policy,
                     };
                     return Ok(match store::wait_for_approval(&ctx.db, lease, req).await? {
-                        Some(next) => End::Waiting { next },
+                        Some((next, outbox)) => End::Waiting { next, outbox },
                         None => End::Lost,
                     });
                 }

@@ -33,7 +33,10 @@ pub async fn handle(ctx: &Ctx, job: RunJob, deliveries: u64) -> Result<(), JobEr
     let lease = match run.status() {
         RunStatus::Queued if run.held => return Ok(()),
         RunStatus::Queued => match store::start(&ctx.db, run.id).await? {
-            Start::Started(lease) => lease,
+            Start::Started(lease, outbox) => {
+                outbox.send(&ctx.queues.deliveries).await;
+                lease
+            }
             Start::Held => {
                 tracing::info!("agent paused; run held until it resumes");
                 return Ok(());

@@ -8,8 +8,10 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use agentq_shared::approvals::APPROVAL_COLUMNS;
 use agentq_shared::ids::RunId;
 use agentq_shared::runs::RunStatus;
+use agentq_shared::webhooks::Outbox;
 
 /// This worker's hold on a running run.
 #[derive(Clone, Copy, Debug)]
@@ -37,7 +39,8 @@ impl LeaseRow {
 
 /// What happened when a worker tried to start a queued run.
 pub(crate) enum Start {
-    Started(Lease),
+    /// Started, with its `run.started` deliveries.
+    Started(Lease, Outbox),
     /// The agent is paused: the run is now held until it resumes.
     Held,
     /// The agent is at its concurrency limit: the run is parked until a slot frees.
@@ -49,17 +52,22 @@ pub(crate) enum Start {
 /// queued → running, within the agent's concurrency limit across all workers
 /// (`agentq_start_run`, see the run_slots migration).
 pub(crate) async fn start(db: &PgPool, run: RunId) -> Result<Start, sqlx::Error> {
-    let (outcome, attempts, deadline): (String, i32, Option<DateTime<Utc>>) =
-        sqlx::query_as("SELECT o_outcome, o_attempts, o_deadline FROM agentq_start_run($1)")
-            .bind(run)
-            .fetch_one(db)
-            .await?;
+    let (outcome, attempts, deadline, deliveries): (String, i32, Option<DateTime<Utc>>, Vec<Uuid>) =
+        sqlx::query_as(
+            "SELECT o_outcome, o_attempts, o_deadline, o_deliveries FROM agentq_start_run($1)",
+        )
+        .bind(run)
+        .fetch_one(db)
+        .await?;
     Ok(match (outcome.as_str(), deadline) {
-        ("started", Some(deadline)) => Start::Started(Lease {
-            run,
-            attempt: attempts,
-            deadline,
-        }),
+        ("started", Some(deadline)) => Start::Started(
+            Lease {
+                run,
+                attempt: attempts,
+                deadline,
+            },
+            Outbox(deliveries),
+        ),
         ("held", _) => Start::Held,
         ("busy", _) => Start::Busy,
         _ => Start::Gone,
@@ -201,6 +209,8 @@ pub(crate) struct Finished {
     pub(crate) applied: bool,
     /// A parked run of the same agent that now has the freed slot; enqueue it.
     pub(crate) next: Option<RunId>,
+    /// The run's final event's deliveries.
+    pub(crate) outbox: Outbox,
 }
 
 /// running → final state, with its usage (on the run and as a usage record), in one call
@@ -215,16 +225,21 @@ pub(crate) async fn finish(
         "{} is not an ending",
         end.status
     );
-    let (applied, next): (bool, Option<RunId>) =
-        sqlx::query_as("SELECT o_finished, o_next FROM agentq_finish_run($1, $2, $3, $4, $5)")
-            .bind(lease.run)
-            .bind(lease.attempt)
-            .bind(end.status.as_str())
-            .bind(end.output)
-            .bind(end.error)
-            .fetch_one(db)
-            .await?;
-    Ok(Finished { applied, next })
+    let (applied, next, deliveries): (bool, Option<RunId>, Vec<Uuid>) = sqlx::query_as(
+        "SELECT o_finished, o_next, o_deliveries FROM agentq_finish_run($1, $2, $3, $4, $5)",
+    )
+    .bind(lease.run)
+    .bind(lease.attempt)
+    .bind(end.status.as_str())
+    .bind(end.output)
+    .bind(end.error)
+    .fetch_one(db)
+    .await?;
+    Ok(Finished {
+        applied,
+        next,
+        outbox: Outbox(deliveries),
+    })
 }
 
 /// A tool call that waits for a person.
@@ -237,13 +252,13 @@ pub(crate) struct ApprovalRequest<'a> {
 }
 
 /// running → waiting_approval, in one transaction: the tool call and request steps, the
-/// approval, a notification, and the agent slot handed on. None if the lease was lost;
-/// else the run that got the freed slot, if any.
+/// approval, a notification, `approval.requested`, and the agent slot handed on. None if
+/// the lease was lost; else the run that got the freed slot, if any, and the deliveries.
 pub(crate) async fn wait_for_approval(
     db: &PgPool,
     lease: &Lease,
     req: ApprovalRequest<'_>,
-) -> Result<Option<Option<RunId>>, sqlx::Error> {
+) -> Result<Option<(Option<RunId>, Outbox)>, sqlx::Error> {
     let mut tx = db.begin().await?;
     let agent: Option<Uuid> = sqlx::query_scalar("SELECT agent_id FROM runs WHERE id = $1")
         .bind(lease.run)
@@ -326,8 +341,15 @@ pub(crate) async fn wait_for_approval(
         .bind(agent)
         .fetch_one(&mut *tx)
         .await?;
+    let deliveries: Vec<Uuid> = sqlx::query_scalar(&format!(
+        "SELECT agentq_emit(team_id, 'approval.requested', agent_id, to_jsonb(a) - 'team_id' - 'result' - 'position' - 'applied_at')
+         FROM (SELECT {APPROVAL_COLUMNS} FROM approvals WHERE id = $1) a"
+    ))
+    .bind(approval_id)
+    .fetch_one(&mut *tx)
+    .await?;
     tx.commit().await?;
-    Ok(Some(next))
+    Ok(Some((next, Outbox(deliveries))))
 }
 
 /// A decided approval whose outcome the run has not recorded yet.

@@ -95,7 +95,7 @@ impl HttpAgent {
             .send()
             .await
             .map_err(|e| {
-                let chain = error_chain(&e);
+                let chain = crate::net::error_chain(&e);
                 if chain.contains("private, loopback or link-local") {
                     CallError::Permanent(format!(
                         "http agent url {}",
@@ -139,17 +139,6 @@ impl HttpAgent {
             ))
         })
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn backoff(attempt: u32) -> Duration {

@@ -1,0 +1,194 @@
+//! One attempt: load the delivery with its endpoint and event, claim the attempt number
+//! (a guarded update, so concurrent duplicates do not both send), sign and POST.
+
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use agentq_shared::signing;
+
+use crate::context::Ctx;
+
+/// Largest response body kept per attempt.
+pub(super) const MAX_BODY: usize = 20 * 1024;
+
+/// A delivery with what sending it needs.
+#[derive(sqlx::FromRow)]
+pub(super) struct Delivery {
+    pub(super) id: Uuid,
+    pub(super) team_id: Uuid,
+    pub(super) endpoint_id: Uuid,
+    pub(super) event_id: Uuid,
+    pub(super) status: String,
+    pub(super) attempts: i32,
+    pub(super) next_attempt_at: Option<DateTime<Utc>>,
+    pub(super) url: String,
+    pub(super) enabled: bool,
+    pub(super) deleted: bool,
+    pub(super) secret: Vec<u8>,
+    pub(super) previous_secret: Option<Vec<u8>>,
+    pub(super) previous_secret_until: Option<DateTime<Utc>>,
+    pub(super) body: String,
+}
+
+pub(super) async fn load(db: &PgPool, id: Uuid) -> Result<Option<Delivery>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT d.id, d.team_id, d.endpoint_id, d.event_id, d.status, d.attempts, d.next_attempt_at,
+                e.url, e.enabled, e.deleted_at IS NOT NULL AS deleted, e.secret, e.previous_secret,
+                e.previous_secret_until, ev.payload::text AS body
+         FROM webhook_deliveries d
+         JOIN webhook_endpoints e ON e.id = d.endpoint_id
+         JOIN events ev ON ev.id = d.event_id
+         WHERE d.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
+
+/// Takes the next attempt number, unless another worker took it first.
+pub(super) async fn claim(db: &PgPool, id: Uuid, seen: i32) -> Result<Option<i32>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE webhook_deliveries SET attempts = attempts + 1, updated_at = now()
+         WHERE id = $1 AND status = 'pending' AND attempts = $2 RETURNING attempts",
+    )
+    .bind(id)
+    .bind(seen)
+    .fetch_optional(db)
+    .await
+}
+
+/// What the receiver did.
+pub(super) struct Sent {
+    pub(super) started_at: DateTime<Utc>,
+    pub(super) latency_ms: i32,
+    pub(super) status: Option<u16>,
+    pub(super) retry_after: Option<std::time::Duration>,
+    pub(super) body: Option<String>,
+    pub(super) error: Option<String>,
+}
+
+/// The `webhook-id` of an event: stable across attempts and endpoints, so receivers dedupe.
+pub(super) fn message_id(event: Uuid) -> String {
+    format!("msg_{}", event.simple())
+}
+
+pub(super) async fn send(ctx: &Ctx, d: &Delivery) -> Sent {
+    let started_at = Utc::now();
+    let clock = Instant::now();
+    let result = post(ctx, d).await;
+    let latency_ms = clock.elapsed().as_millis().min(i32::MAX as u128) as i32;
+    match result {
+        Ok((status, retry_after, body)) => Sent {
+            started_at,
+            latency_ms,
+            status: Some(status),
+            retry_after,
+            body: Some(body),
+            error: None,
+        },
+        Err(error) => Sent {
+            started_at,
+            latency_ms,
+            status: None,
+            retry_after: None,
+            body: None,
+            error: Some(error),
+        },
+    }
+}
+
+async fn post(
+    ctx: &Ctx,
+    d: &Delivery,
+) -> Result<(u16, Option<std::time::Duration>, String), String> {
+    let url = ctx.http.check(&d.url).map_err(|e| format!("url {e}"))?;
+    let msg_id = message_id(d.event_id);
+    let ts = Utc::now().timestamp();
+    let mut signatures = Vec::new();
+    let current = ctx.keyring.decrypt(&d.secret).map_err(|e| e.to_string())?;
+    signatures
+        .push(signing::sign(&current, &msg_id, ts, d.body.as_bytes()).map_err(|e| e.to_string())?);
+    if let (Some(prev), Some(until)) = (&d.previous_secret, d.previous_secret_until) {
+        if until > Utc::now() {
+            let prev = ctx.keyring.decrypt(prev).map_err(|e| e.to_string())?;
+            signatures.push(
+                signing::sign(&prev, &msg_id, ts, d.body.as_bytes()).map_err(|e| e.to_string())?,
+            );
+        }
+    }
+    let mut resp = ctx
+        .http
+        .http
+        .post(url)
+        .timeout(ctx.config.webhook_timeout)
+        .header("content-type", "application/json")
+        .header("webhook-id", &msg_id)
+        .header("webhook-timestamp", ts.to_string())
+        .header("webhook-signature", signatures.join(" "))
+        .body(d.body.clone())
+        .send()
+        .await
+        .map_err(|e| {
+            if e.is_timeout() {
+                format!(
+                    "timed out after {} s",
+                    ctx.config.webhook_timeout.as_secs_f64()
+                )
+            } else {
+                crate::net::error_chain(&e)
+            }
+        })?;
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+    let mut body = Vec::new();
+    loop {
+        match tokio::time::timeout(ctx.config.webhook_timeout, resp.chunk()).await {
+            Ok(Ok(Some(chunk))) => {
+                let room = MAX_BODY.saturating_sub(body.len());
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if body.len() >= MAX_BODY {
+                    break;
+                }
+            }
+            _ => break,
+        }
+    }
+    Ok((
+        status,
+        retry_after,
+        String::from_utf8_lossy(&body).into_owned(),
+    ))
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+fn parse_retry_after(v: &str) -> Option<std::time::Duration> {
+    if let Ok(secs) = v.trim().parse::<u64>() {
+        return Some(std::time::Duration::from_secs(secs.min(86_400)));
+    }
+    let at = DateTime::parse_from_rfc2822(v.trim()).ok()?;
+    (at.with_timezone(&Utc) - Utc::now()).to_std().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        assert_eq!(
+            parse_retry_after("30"),
+            Some(std::time::Duration::from_secs(30))
+        );
+        let later = (Utc::now() + chrono::Duration::seconds(120)).to_rfc2822();
+        let d = parse_retry_after(&later).unwrap();
+        assert!(d.as_secs() > 100 && d.as_secs() <= 120);
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+}

@@ -1,0 +1,151 @@
+//! What an attempt leads to: the attempt row, then success, the next attempt (the schedule's
+//! delay, or the receiver's `Retry-After` if longer), or failure; and the endpoint's health:
+//! a success clears its failing streak, `410 Gone` or a streak longer than allowed disables it.
+
+use chrono::Utc;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use agentq_shared::webhooks::DeliveryJob;
+
+use super::attempt::{Delivery, Sent};
+use crate::context::Ctx;
+use crate::runs::JobError;
+
+pub(super) async fn record(
+    ctx: &Ctx,
+    d: &Delivery,
+    number: i32,
+    sent: Sent,
+) -> Result<(), JobError> {
+    sqlx::query(
+        "INSERT INTO webhook_attempts (id, delivery_id, attempt, started_at, status_code, latency_ms, response_body, error)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(d.id)
+    .bind(number)
+    .bind(sent.started_at)
+    .bind(sent.status.map(i32::from))
+    .bind(sent.latency_ms)
+    .bind(&sent.body)
+    .bind(&sent.error)
+    .execute(&ctx.db)
+    .await?;
+    let code = sent.status.map(i32::from);
+    metrics::counter!("agentq_webhook_attempts_total", "outcome" => outcome_label(sent.status))
+        .increment(1);
+    if sent.status.is_some_and(|s| (200..300).contains(&s)) {
+        sqlx::query(
+            "UPDATE webhook_deliveries SET status = 'succeeded', last_status_code = $2, last_error = NULL,
+                    next_attempt_at = NULL, updated_at = now() WHERE id = $1 AND status = 'pending'",
+        )
+        .bind(d.id)
+        .bind(code)
+        .execute(&ctx.db)
+        .await?;
+        sqlx::query("UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL")
+            .bind(d.endpoint_id)
+            .execute(&ctx.db)
+            .await?;
+        return Ok(());
+    }
+    let error = sent
+        .error
+        .clone()
+        .unwrap_or_else(|| format!("answered {}", sent.status.unwrap_or(0)));
+    if sent.status == Some(410) {
+        fail(&ctx.db, d.id, code, &error).await?;
+        disable(&ctx.db, d, "the endpoint answered 410 Gone").await?;
+        return Ok(());
+    }
+    let mut wait = ctx.config.retry_schedule.delay_before(number as usize + 1);
+    if let (Some(w), Some(after), Some(429 | 503)) = (wait, sent.retry_after, sent.status) {
+        wait = Some(w.max(after));
+    }
+    match wait {
+        Some(wait) => {
+            let at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+            sqlx::query(
+                "UPDATE webhook_deliveries SET next_attempt_at = $2, last_status_code = $3, last_error = $4,
+                        updated_at = now() WHERE id = $1 AND status = 'pending'",
+            )
+            .bind(d.id)
+            .bind(at)
+            .bind(code)
+            .bind(&error)
+            .execute(&ctx.db)
+            .await?;
+            ctx.queues
+                .deliveries
+                .enqueue_after(&DeliveryJob::payload(d.id), wait)
+                .await
+                .map_err(|e| JobError::Queue(e.to_string()))?;
+        }
+        None => fail(&ctx.db, d.id, code, &error).await?,
+    }
+    let streak: Option<chrono::DateTime<Utc>> = sqlx::query_scalar(
+        "UPDATE webhook_endpoints SET failing_since = coalesce(failing_since, now()) WHERE id = $1 RETURNING failing_since",
+    )
+    .bind(d.endpoint_id)
+    .fetch_optional(&ctx.db)
+    .await?;
+    if let Some(since) = streak {
+        let limit = chrono::Duration::from_std(ctx.config.disable_after).unwrap_or_default();
+        if Utc::now() - since >= limit {
+            disable(&ctx.db, d, "the endpoint kept failing").await?;
+        }
+    }
+    Ok(())
+}
+
+fn outcome_label(status: Option<u16>) -> &'static str {
+    match status {
+        Some(s) if (200..300).contains(&s) => "success",
+        Some(_) => "http_error",
+        None => "network_error",
+    }
+}
+
+async fn fail(db: &PgPool, id: Uuid, code: Option<i32>, error: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE webhook_deliveries SET status = 'failed', last_status_code = $2, last_error = $3,
+                next_attempt_at = NULL, updated_at = now() WHERE id = $1 AND status = 'pending'",
+    )
+    .bind(id)
+    .bind(code)
+    .bind(error)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Marks a delivery failed without an attempt (its endpoint is disabled or gone).
+pub(super) async fn give_up(db: &PgPool, id: Uuid, why: &str) -> Result<(), sqlx::Error> {
+    fail(db, id, None, why).await
+}
+
+/// Disables the endpoint (once) and tells the team.
+async fn disable(db: &PgPool, d: &Delivery, why: &str) -> Result<(), sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let done = sqlx::query(
+        "UPDATE webhook_endpoints SET enabled = false, disabled_reason = $2, disabled_at = now(), updated_at = now()
+         WHERE id = $1 AND enabled",
+    )
+    .bind(d.endpoint_id)
+    .bind(why)
+    .execute(&mut *tx)
+    .await?;
+    if done.rows_affected() == 1 {
+        sqlx::query(
+            "INSERT INTO notifications (id, team_id, kind, title, body) VALUES ($1, $2, 'webhook.disabled', 'Webhook endpoint disabled', $3)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(d.team_id)
+        .bind(format!("{}: {why}", d.url))
+        .execute(&mut *tx)
+        .await?;
+        tracing::warn!(endpoint_id = %d.endpoint_id, reason = why, "webhook endpoint disabled");
+    }
+    tx.commit().await
+}
