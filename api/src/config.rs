@@ -24,6 +24,14 @@ pub struct ApiConfig {
     pub rotation_grace: Duration,
     /// `AGENTQ_MASTER_KEY`, if set.
     pub master_key: Option<[u8; 32]>,
+    /// Base of public URLs (`AGENTQ_PUBLIC_URL`); else the Host a request came to.
+    pub public_url: Option<String>,
+    /// Largest inbound webhook body (`AGENTQ_INBOUND_BODY_LIMIT`).
+    pub inbound_body_limit: usize,
+    /// Inbound webhook requests per source IP per minute.
+    pub inbound_per_ip_per_minute: u64,
+    /// Inbound webhook requests per hook per minute.
+    pub inbound_per_hook_per_minute: u64,
 }
 
 impl ApiConfig {
@@ -38,6 +46,10 @@ impl ApiConfig {
             allow_private_networks: false,
             rotation_grace: Duration::from_secs(86_400),
             master_key: None,
+            public_url: None,
+            inbound_body_limit: 256 * 1024,
+            inbound_per_ip_per_minute: 600,
+            inbound_per_hook_per_minute: 6000,
         }
     }
 }

@@ -25,7 +25,9 @@ mod agents;
 mod approvals;
 mod audit_logs;
 mod health;
+mod inbound;
 mod keys;
+mod limits;
 mod notifications;
 mod runs;
 mod triggers;
@@ -161,12 +163,14 @@ pub fn router(state: AppState) -> Router {
         .merge(usage::routes())
         .merge(approvals::routes())
         .merge(notifications::routes())
-        .merge(webhooks::routes());
+        .merge(webhooks::routes())
+        .merge(inbound::routes());
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .nest("/api/v1", v1)
+        .merge(inbound::receive::routes(state.config.inbound_body_limit))
         .fallback(|| async { ApiError::from_status(axum::http::StatusCode::NOT_FOUND) })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::new())

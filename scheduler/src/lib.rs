@@ -3,6 +3,7 @@
 //! is idempotent, so even two leaders in a race (a lease that expired mid-tick) do no harm.
 #![warn(missing_docs)]
 
+mod cron;
 mod expire;
 mod leader;
 mod reconcile;
@@ -26,6 +27,19 @@ pub struct SchedulerConfig {
     pub requeue_after: Duration,
     /// A running run whose worker has not shown life this long is enqueued for takeover.
     pub stale_after: Duration,
+    /// What to do with fire times missed while no scheduler ran.
+    pub catch_up: CatchUp,
+    /// A fire time later than this is "missed" (a short delay is just a late tick).
+    pub catch_up_grace: Duration,
+}
+
+/// The catch-up policy for missed fire times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CatchUp {
+    /// One run for the latest missed fire time.
+    One,
+    /// No run; wait for the next fire time.
+    Skip,
 }
 
 impl SchedulerConfig {
@@ -36,6 +50,8 @@ impl SchedulerConfig {
             tick: Duration::from_secs(1),
             requeue_after: Duration::from_secs(30),
             stale_after: Duration::from_secs(20),
+            catch_up: CatchUp::One,
+            catch_up_grace: Duration::from_secs(60),
         }
     }
 }
@@ -78,6 +94,7 @@ pub async fn run(
         if !leading {
             continue;
         }
+        timed("cron", cron::fire(&db, &queues, &config)).await;
         timed(
             "reconcile_runs",
             reconcile::runs(&db, &queues.runs, &config),

@@ -4,14 +4,22 @@
 
 use std::str::FromStr;
 
-use chrono::{DateTime, Utc};
+use chrono::offset::LocalResult;
+use chrono::{DateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 
 /// A parsed schedule.
+///
+/// Across daylight-saving changes it behaves like classic cron: a local time that does not
+/// exist (the spring-forward gap) fires at the same instant under the old offset (02:30
+/// becomes 03:30 after the jump), and a local time that happens twice (the fall-back fold)
+/// fires once for a schedule with fixed hours, but at every real hour for one whose hour
+/// field is `*` or `*/n`.
 #[derive(Clone, Debug)]
 pub struct Schedule {
     cron: cron::Schedule,
     tz: Tz,
+    every_hour: bool,
 }
 
 /// Why a schedule or zone was refused, naming the field.
@@ -59,15 +67,51 @@ impl Schedule {
         if cron.upcoming(tz).next().is_none() {
             return Err(ScheduleError::Cron("never fires".into()));
         }
-        Ok(Self { cron, tz })
+        let hour = full.split_whitespace().nth(2).unwrap_or("*");
+        let every_hour = hour == "*" || hour.starts_with("*/");
+        Ok(Self {
+            cron,
+            tz,
+            every_hour,
+        })
     }
 
     /// The first fire time strictly after `after`.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        self.cron
-            .after(&after.with_timezone(&self.tz))
-            .next()
-            .map(|t| t.with_timezone(&Utc))
+        // Walk local wall-clock times (as if UTC, so the crate sees no jumps), then map each
+        // to an instant per the DST rules above.
+        let mut local = after.with_timezone(&self.tz).naive_local() - chrono::Duration::hours(2);
+        for _ in 0..10_000 {
+            let candidate = self
+                .cron
+                .after(&Utc.from_utc_datetime(&local))
+                .next()?
+                .naive_utc();
+            local = candidate;
+            let instant = match self.tz.from_local_datetime(&candidate) {
+                LocalResult::Single(t) => t,
+                LocalResult::Ambiguous(first, second) => {
+                    if first.with_timezone(&Utc) > after || !self.every_hour {
+                        first
+                    } else {
+                        second
+                    }
+                }
+                LocalResult::None => match self
+                    .tz
+                    .from_local_datetime(&(candidate + chrono::Duration::hours(1)))
+                    .earliest()
+                {
+                    Some(t) => t,
+                    None => continue,
+                },
+            };
+            let instant = instant.with_timezone(&Utc);
+            if instant > after {
+                return Some(instant);
+            }
+        }
+        None
     }
 }
 
@@ -88,6 +132,64 @@ mod tests {
         assert_eq!(
             s.next_after(after).unwrap(),
             "2026-01-15T10:00:10Z".parse::<DateTime<Utc>>().unwrap()
+        );
+    }
+
+    fn fires(expr: &str, from: &str, n: usize) -> Vec<String> {
+        let s = Schedule::parse(expr, "Europe/Paris").unwrap();
+        let mut t: DateTime<Utc> = from.parse().unwrap();
+        (0..n)
+            .map(|_| {
+                t = s.next_after(t).unwrap();
+                t.to_rfc3339()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_fixed_time_in_the_spring_gap_fires_once_at_the_old_offset() {
+        // 2026-03-29 02:00 CET jumps to 03:00 CEST: 02:30 does not exist that night.
+        assert_eq!(
+            fires("30 2 * * *", "2026-03-28T12:00:00Z", 3),
+            [
+                "2026-03-29T01:30:00+00:00",
+                "2026-03-30T00:30:00+00:00",
+                "2026-03-31T00:30:00+00:00"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_fixed_time_in_the_autumn_fold_fires_once() {
+        // 2026-10-25 03:00 CEST falls back to 02:00 CET: 02:30 happens twice.
+        assert_eq!(
+            fires("30 2 * * *", "2026-10-24T12:00:00Z", 3),
+            [
+                "2026-10-25T00:30:00+00:00",
+                "2026-10-26T01:30:00+00:00",
+                "2026-10-27T01:30:00+00:00"
+            ]
+        );
+    }
+
+    #[test]
+    fn hourly_schedules_fire_every_real_hour_across_both_changes() {
+        assert_eq!(
+            fires("0 * * * *", "2026-10-24T23:30:00Z", 4),
+            [
+                "2026-10-25T00:00:00+00:00",
+                "2026-10-25T01:00:00+00:00",
+                "2026-10-25T02:00:00+00:00",
+                "2026-10-25T03:00:00+00:00"
+            ]
+        );
+        assert_eq!(
+            fires("0 * * * *", "2026-03-28T23:30:00Z", 3),
+            [
+                "2026-03-29T00:00:00+00:00",
+                "2026-03-29T01:00:00+00:00",
+                "2026-03-29T02:00:00+00:00"
+            ]
         );
     }
 

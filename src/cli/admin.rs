@@ -101,6 +101,20 @@ fn api_config(
     config.allow_private_networks = t.allow_private_networks;
     config.rotation_grace = Duration::from_secs(args.webhook_rotation_grace_seconds);
     config.master_key = master_key(t)?;
+    if let Some(url) = args.public_url.as_deref().filter(|u| !u.is_empty()) {
+        agentq_shared::net::validate_url(url)
+            .map_err(|e| ConfigError::invalid("AGENTQ_PUBLIC_URL", e))?;
+        config.public_url = Some(url.to_owned());
+    }
+    if args.inbound_body_limit == 0 {
+        return Err(ConfigError::invalid(
+            "AGENTQ_INBOUND_BODY_LIMIT",
+            "must be at least 1 byte",
+        ));
+    }
+    config.inbound_body_limit = args.inbound_body_limit;
+    config.inbound_per_ip_per_minute = args.inbound_per_ip_per_minute;
+    config.inbound_per_hook_per_minute = args.inbound_per_hook_per_minute;
     Ok(config)
 }
 
@@ -160,6 +174,10 @@ fn scheduler_config(
     let mut config = SchedulerConfig::new(store);
     config.stale_after = seconds("AGENTQ_STALE_AFTER_SECONDS", t.stale_after_seconds)?;
     config.requeue_after = seconds("AGENTQ_REQUEUE_AFTER_SECONDS", args.requeue_after_seconds)?;
+    config.catch_up = match args.catch_up {
+        super::args::CatchUpArg::One => agentq_scheduler::CatchUp::One,
+        super::args::CatchUpArg::Skip => agentq_scheduler::CatchUp::Skip,
+    };
     Ok(config)
 }
 

@@ -132,6 +132,27 @@ pub(crate) struct ApiArgs {
         default_value_t = 86400
     )]
     pub(crate) webhook_rotation_grace_seconds: u64,
+
+    /// Base of the public URLs agentq hands out (inbound webhooks), e.g. https://agents.example.com.
+    /// Default: the host the request came to.
+    #[arg(long, env = "AGENTQ_PUBLIC_URL")]
+    pub(crate) public_url: Option<String>,
+
+    /// Largest inbound webhook body, in bytes.
+    #[arg(long, env = "AGENTQ_INBOUND_BODY_LIMIT", default_value_t = 256 * 1024)]
+    pub(crate) inbound_body_limit: usize,
+
+    /// Inbound webhook requests accepted per source IP per minute.
+    #[arg(long, env = "AGENTQ_INBOUND_PER_IP_PER_MINUTE", default_value_t = 600)]
+    pub(crate) inbound_per_ip_per_minute: u64,
+
+    /// Inbound webhook requests accepted per hook per minute.
+    #[arg(
+        long,
+        env = "AGENTQ_INBOUND_PER_HOOK_PER_MINUTE",
+        default_value_t = 6000
+    )]
+    pub(crate) inbound_per_hook_per_minute: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -182,6 +203,16 @@ pub(crate) struct SchedulerArgs {
     /// A queued run untouched this long is enqueued again (seconds).
     #[arg(long, env = "AGENTQ_REQUEUE_AFTER_SECONDS", default_value_t = 30.0)]
     pub(crate) requeue_after_seconds: f64,
+
+    /// Fire times missed while no scheduler ran: `one` catch-up run per agent, or `skip`.
+    #[arg(long, env = "AGENTQ_CATCH_UP", value_enum, default_value = "one")]
+    pub(crate) catch_up: CatchUpArg,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum CatchUpArg {
+    One,
+    Skip,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -15,7 +15,6 @@ use agentq_shared::audit::{self, AuditEntry};
 use agentq_shared::ids::{AgentId, RunId};
 use agentq_shared::pagination::{Cursor, Page};
 use agentq_shared::runs::RunJob;
-use agentq_shared::schedule::Schedule;
 use agentq_shared::scopes::Scope;
 use agentq_shared::webhooks::{self, Outbox};
 
@@ -34,17 +33,9 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/agents/{id}/resume", post(resume))
 }
 
-/// The agent as answered: its view plus the next scheduled fire time.
+/// The agent as answered.
 pub(crate) fn agent_json(a: &Agent) -> Value {
-    let mut v = serde_json::to_value(a.view()).unwrap_or(Value::Null);
-    let next = a
-        .schedule
-        .as_deref()
-        .filter(|_| !a.is_paused())
-        .and_then(|s| Schedule::parse(s, &a.timezone).ok())
-        .and_then(|s| s.next_after(chrono::Utc::now()));
-    v["next_run_at"] = json!(next);
-    v
+    serde_json::to_value(a.view()).unwrap_or(Value::Null)
 }
 
 /// Loads an agent the key may see, or 404 (also for other teams' and restricted agents).
@@ -79,8 +70,8 @@ async fn create(
     let mut tx = state.db.begin().await?;
     let agent: Agent = sqlx::query_as(&format!(
         "INSERT INTO agents (id, team_id, name, description, runtime, config, signing_secret, schedule, timezone,
-                             max_concurrent_runs, max_run_seconds, approval)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {AGENT_COLUMNS}"
+                             max_concurrent_runs, max_run_seconds, approval, next_run_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING {AGENT_COLUMNS}"
     ))
     .bind(AgentId::new())
     .bind(auth.team_id())
@@ -94,6 +85,7 @@ async fn create(
     .bind(v.limits.max_concurrent_runs)
     .bind(v.limits.max_run_seconds)
     .bind(&v.approval)
+    .bind(Agent::first_fire(v.schedule.as_deref(), &v.timezone))
     .fetch_one(&mut *tx)
     .await?;
     let outbox = record_change(&mut tx, &auth, &agent, "agent.created").await?;
@@ -178,10 +170,16 @@ async fn update(
     auth.require(Scope::AgentsWrite)?;
     let current = visible_agent(&state, &auth, id).await?;
     let v = body.apply(&current, state.config.allow_private_networks)?;
+    // A schedule edit takes effect at once; otherwise the pending fire time stays.
+    let next_run_at = if v.schedule != current.schedule || v.timezone != current.timezone {
+        Agent::first_fire(v.schedule.as_deref(), &v.timezone)
+    } else {
+        current.next_run_at
+    };
     let mut tx = state.db.begin().await?;
     let agent: Option<Agent> = sqlx::query_as(&format!(
         "UPDATE agents SET name = $3, description = $4, runtime = $5, config = $6, schedule = $7, timezone = $8,
-                max_concurrent_runs = $9, max_run_seconds = $10, approval = $11, updated_at = now()
+                max_concurrent_runs = $9, max_run_seconds = $10, approval = $11, next_run_at = $12, updated_at = now()
          WHERE id = $1 AND team_id = $2 AND deleted_at IS NULL RETURNING {AGENT_COLUMNS}"
     ))
     .bind(id)
@@ -195,6 +193,7 @@ async fn update(
     .bind(v.limits.max_concurrent_runs)
     .bind(v.limits.max_run_seconds)
     .bind(&v.approval)
+    .bind(next_run_at)
     .fetch_optional(&mut *tx)
     .await?;
     let agent = agent.ok_or_else(|| ApiError::not_found("Agent"))?;
@@ -280,14 +279,21 @@ async fn set_status(
     if !auth.can_access_agent(id) {
         return Err(ApiError::not_found("Agent"));
     }
+    // Resuming starts the schedule again from its next fire time after now.
+    let resume_fire = match agents::get(&state.db, auth.team_id(), id).await? {
+        Some(a) => Agent::first_fire(a.schedule.as_deref(), &a.timezone),
+        None => return Err(ApiError::not_found("Agent")),
+    };
     let mut tx = state.db.begin().await?;
     let agent: Option<Agent> = sqlx::query_as(&format!(
-        "UPDATE agents SET status = $3, updated_at = now()
+        "UPDATE agents SET status = $3, updated_at = now(),
+                next_run_at = CASE WHEN $3 = 'active' AND status = 'paused' THEN $4 ELSE next_run_at END
          WHERE id = $1 AND team_id = $2 AND deleted_at IS NULL RETURNING {AGENT_COLUMNS}"
     ))
     .bind(id)
     .bind(auth.team_id())
     .bind(status)
+    .bind(resume_fire)
     .fetch_optional(&mut *tx)
     .await?;
     let agent = agent.ok_or_else(|| ApiError::not_found("Agent"))?;

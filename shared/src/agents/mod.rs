@@ -40,6 +40,8 @@ pub struct Agent {
     pub max_run_seconds: i32,
     /// Approval policy (see [`crate::approvals::policy`]); None: no approvals.
     pub approval: Option<Value>,
+    /// The schedule's next fire time (kept by the API and the scheduler).
+    pub next_run_at: Option<DateTime<Utc>>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last change.
@@ -61,6 +63,7 @@ pub struct AgentView<'a> {
     status: &'a str,
     limits: Limits,
     approval: Option<&'a Value>,
+    next_run_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -111,6 +114,9 @@ impl Agent {
                 max_run_seconds: self.max_run_seconds,
             },
             approval: self.approval.as_ref(),
+            next_run_at: self
+                .next_run_at
+                .filter(|_| !self.is_paused() && self.schedule.is_some()),
             created_at: self.created_at,
             updated_at: self.updated_at,
         }
@@ -124,6 +130,12 @@ impl Agent {
             .unwrap_or_default()
     }
 
+    /// The first fire time of a schedule after now (None without a schedule).
+    pub fn first_fire(schedule: Option<&str>, timezone: &str) -> Option<DateTime<Utc>> {
+        let s = crate::schedule::Schedule::parse(schedule?, timezone).ok()?;
+        s.next_after(Utc::now())
+    }
+
     /// Whether the agent is paused.
     pub fn is_paused(&self) -> bool {
         self.status == "paused"
@@ -132,7 +144,7 @@ impl Agent {
 
 /// Columns of [`Agent`], for queries elsewhere.
 pub const AGENT_COLUMNS: &str = "id, team_id, name, description, runtime, config, signing_secret, \
-    schedule, timezone, status, max_concurrent_runs, max_run_seconds, approval, created_at, updated_at, deleted_at";
+    schedule, timezone, status, max_concurrent_runs, max_run_seconds, approval, next_run_at, created_at, updated_at, deleted_at";
 
 /// A live (not deleted) agent of a team.
 pub async fn get(
