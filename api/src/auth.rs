@@ -18,6 +18,7 @@ use agentq_shared::scopes::{Scope, ScopeSet};
 
 use crate::context::RequestContext;
 use crate::error::ApiError;
+use crate::ratelimit::{self, Limit};
 use crate::state::AppState;
 
 /// The authenticated caller.
@@ -69,6 +70,19 @@ impl Auth {
     }
 }
 
+fn positive(v: Option<i32>) -> Option<u32> {
+    v.and_then(|n| u32::try_from(n).ok()).filter(|n| *n > 0)
+}
+
+/// The agent a request is aimed at: `/api/v1/agents/{id}/...`.
+fn agent_in_path(path: &str) -> Option<AgentId> {
+    path.strip_prefix("/api/v1/agents/")?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()
+}
+
 fn presented_key(parts: &Parts) -> Option<&str> {
     if let Some(v) = parts
         .headers
@@ -107,9 +121,10 @@ impl FromRequestParts<AppState> for Auth {
         if !keys::looks_like_key(secret) {
             return Err(invalid());
         }
-        let key = keys::find_by_secret(&state.db, secret)
+        let found = keys::find_by_secret(&state.db, secret)
             .await?
             .ok_or_else(invalid)?;
+        let key = found.key;
         if key.revoked_at.is_some() {
             return Err(ApiError::unauthorized(
                 "api_key_revoked",
@@ -126,11 +141,49 @@ impl FromRequestParts<AppState> for Auth {
         // Stored scopes were validated on write; an unknown one (a newer version's) grants nothing.
         let scopes = ScopeSet::new(key.scopes.iter().filter_map(|s| s.parse().ok()));
         let _ = ctx.key_id.set(key.id);
+        let _ = ctx.team_id.set(key.team_id);
         state.last_used.note(key.id, now);
-        Ok(Auth {
+        let auth = Auth {
             key: Arc::new(key),
             scopes,
             ctx,
-        })
+        };
+        let agent = agent_in_path(parts.uri.path()).filter(|a| auth.can_access_agent(*a));
+        if let Some(a) = agent {
+            let _ = auth.ctx.agent_id.set(a);
+        }
+        if state.config.rate_limits {
+            let own = Limit {
+                per_minute: positive(auth.key.rate_limit.per_minute),
+                per_day: positive(auth.key.rate_limit.per_day),
+            };
+            let team = Limit {
+                per_minute: positive(found.team_per_minute),
+                per_day: positive(found.team_per_day),
+            };
+            let key_limit = own.or(team).or(state.config.default_rate_limit);
+            let agent_limit = match agent {
+                Some(a) => state
+                    .agent_limits
+                    .get(&state.db, auth.team_id(), a)
+                    .await?
+                    .map(|l| (a.to_string(), l)),
+                None => None,
+            };
+            match ratelimit::check(state, &auth.key.id.to_string(), key_limit, agent_limit).await {
+                Ok(headers) => {
+                    if let Some(h) = headers {
+                        let _ = auth.ctx.rate.set(h);
+                    }
+                }
+                Err((err, headers)) => {
+                    if let Some(h) = headers {
+                        let _ = auth.ctx.rate.set(h);
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        Ok(auth)
     }
 }

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use agentq_shared::config::StoreConfig;
 
+use crate::ratelimit::{Limit, RedisDown};
+
 /// Everything `agentq api` needs to start.
 #[derive(Clone, Debug)]
 pub struct ApiConfig {
@@ -32,6 +34,16 @@ pub struct ApiConfig {
     pub inbound_per_ip_per_minute: u64,
     /// Inbound webhook requests per hook per minute.
     pub inbound_per_hook_per_minute: u64,
+    /// Enforce rate limits (`AGENTQ_RATE_LIMITS`).
+    pub rate_limits: bool,
+    /// The limit of keys whose key and team set none.
+    pub default_rate_limit: Limit,
+    /// What to do when Redis cannot count.
+    pub rate_limit_redis_down: RedisDown,
+    /// Log requests (`AGENTQ_REQUEST_LOGS`).
+    pub request_logs: bool,
+    /// Request body bytes kept in a log line.
+    pub request_log_body_cap: usize,
 }
 
 impl ApiConfig {
@@ -50,6 +62,14 @@ impl ApiConfig {
             inbound_body_limit: 256 * 1024,
             inbound_per_ip_per_minute: 600,
             inbound_per_hook_per_minute: 6000,
+            rate_limits: true,
+            default_rate_limit: Limit {
+                per_minute: Some(6000),
+                per_day: Some(1_000_000),
+            },
+            rate_limit_redis_down: RedisDown::Open,
+            request_logs: true,
+            request_log_body_cap: 4096,
         }
     }
 }

@@ -6,15 +6,24 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, Request};
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::StatusCode;
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 
-use agentq_shared::ids::ApiKeyId;
+use agentq_shared::ids::{AgentId, ApiKeyId, TeamId};
 
 use crate::error::{ApiError, Enveloped};
+use crate::ratelimit::RateHeaders;
+use crate::request_logs::{redacted_body, LogLine};
+use crate::state::AppState;
+
+/// A status decided before routing (a body that could not be read).
+#[derive(Clone, Copy)]
+struct EarlyStatus(StatusCode);
 
 /// `X-Request-Id`.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -37,6 +46,12 @@ pub struct RequestContext {
     pub ip: Option<String>,
     /// The authenticated key, once known.
     pub key_id: OnceLock<ApiKeyId>,
+    /// The team the request acted for, once known.
+    pub team_id: OnceLock<TeamId>,
+    /// The agent the request was aimed at, once known.
+    pub agent_id: OnceLock<AgentId>,
+    /// Rate-limit headers to send.
+    pub rate: OnceLock<RateHeaders>,
 }
 
 fn valid_incoming_id(v: &HeaderValue) -> Option<&str> {
@@ -49,8 +64,10 @@ fn valid_incoming_id(v: &HeaderValue) -> Option<&str> {
 }
 
 /// The outermost middleware: sets up [`RequestContext`], serves, then logs and measures.
-pub async fn request_context(mut req: Request, next: Next) -> Response {
+pub async fn request_context(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let mut req = req;
     let started = Instant::now();
+    let started_at = chrono::Utc::now();
     let request_id: Arc<str> = req
         .headers()
         .get(&X_REQUEST_ID)
@@ -65,17 +82,63 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
         request_id: request_id.clone(),
         ip,
         key_id: OnceLock::new(),
+        team_id: OnceLock::new(),
+        agent_id: OnceLock::new(),
+        rate: OnceLock::new(),
     });
     req.extensions_mut().insert(ctx.clone());
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let logged = state
+        .request_logs
+        .clone()
+        .filter(|_| path.starts_with("/api/") || path.starts_with("/hooks/"));
+    let user_agent = req
+        .headers()
+        .get("user-agent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let content_type = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut body_seen: Option<Bytes> = None;
+    if logged.is_some() {
+        // Read the body here (within the largest limit) so the log can keep a redacted copy.
+        let limit = state.config.body_limit.max(state.config.inbound_body_limit);
+        let (parts, body) = req.into_parts();
+        match axum::body::to_bytes(body, limit).await {
+            Ok(bytes) => {
+                body_seen = Some(bytes.clone());
+                req = Request::from_parts(parts, Body::from(bytes));
+            }
+            Err(e) => {
+                let too_large = std::error::Error::source(&e)
+                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+                let status = if too_large {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                } else {
+                    StatusCode::BAD_REQUEST
+                };
+                req = Request::from_parts(parts, Body::empty());
+                req.extensions_mut().insert(EarlyStatus(status));
+            }
+        }
+    }
     let span =
         tracing::info_span!("request", request_id = %request_id, method = %method, path = %path);
 
-    let mut resp = REQUEST_ID
-        .scope(request_id.clone(), next.run(req))
-        .instrument(span.clone())
-        .await;
+    let early = req.extensions().get::<EarlyStatus>().map(|e| e.0);
+    let mut resp = match early {
+        Some(status) => ApiError::from_status(status).into_response_with(&request_id),
+        None => {
+            REQUEST_ID
+                .scope(request_id.clone(), next.run(req))
+                .instrument(span.clone())
+                .await
+        }
+    };
 
     let status = resp.status();
     if status.as_u16() >= 400 && resp.extensions().get::<Enveloped>().is_none() {
@@ -90,6 +153,9 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert(X_REQUEST_ID.clone(), v);
     }
+    if let Some(rate) = ctx.rate.get() {
+        rate.apply(resp.headers_mut());
+    }
 
     let latency = started.elapsed();
     let key_id = ctx.key_id.get().map(|k| k.to_string());
@@ -101,6 +167,29 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
             "request"
         )
     });
+    if let Some(logger) = logged {
+        logger.log(LogLine {
+            id: uuid::Uuid::now_v7(),
+            team_id: ctx.team_id.get().copied(),
+            key_id: ctx.key_id.get().copied(),
+            agent_id: ctx.agent_id.get().copied(),
+            method: method.to_string(),
+            path: path.clone(),
+            status: i32::from(status.as_u16()),
+            latency_ms: latency.as_secs_f64() * 1000.0,
+            request_id: request_id.to_string(),
+            ip: ctx.ip.clone(),
+            user_agent,
+            body: body_seen.and_then(|b| {
+                redacted_body(
+                    &b,
+                    content_type.as_deref(),
+                    state.config.request_log_body_cap,
+                )
+            }),
+            created_at: started_at,
+        });
+    }
     let status_label = status.as_u16().to_string();
     metrics::counter!("agentq_http_requests_total", "status" => status_label).increment(1);
     metrics::histogram!("agentq_http_request_duration_seconds").record(latency.as_secs_f64());

@@ -156,6 +156,19 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The response under an explicit request id (outside the request's task scope).
+    pub(crate) fn into_response_with(self, request_id: &str) -> Response {
+        let mut resp = (self.status, axum::Json(self.envelope(request_id))).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp.extensions_mut().insert(Enveloped);
+        resp
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let request_id = current_request_id().unwrap_or_default();

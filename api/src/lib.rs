@@ -29,6 +29,8 @@ mod inbound;
 mod keys;
 mod limits;
 mod notifications;
+pub mod ratelimit;
+pub mod request_logs;
 mod runs;
 mod triggers;
 mod usage;
@@ -100,6 +102,8 @@ impl App {
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
             config: Arc::new(config),
             last_used: Arc::new(LastUsed::default()),
+            agent_limits: Arc::default(),
+            request_logs: None,
         };
         Ok(Self { listener, state })
     }
@@ -137,7 +141,15 @@ impl App {
             let _ = stopping.send(true);
         };
         tracing::info!(addr = %self.local_addr(), "api listening");
-        let app = router(self.state);
+        let mut serving = self.state;
+        let writer = if serving.config.request_logs {
+            let (logger, writer) = request_logs::RequestLogger::start(serving.db.clone());
+            serving.request_logs = Some(logger);
+            Some(writer)
+        } else {
+            None
+        };
+        let app = router(serving);
         let result = axum::serve(
             self.listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -147,6 +159,10 @@ impl App {
         flusher.abort();
         doorbells.abort();
         state.last_used.flush(&state.db).await;
+        // Every logger was dropped with the router: the writer flushes what is left and ends.
+        if let Some(writer) = writer {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;
+        }
         result
     }
 }
@@ -164,7 +180,8 @@ pub fn router(state: AppState) -> Router {
         .merge(approvals::routes())
         .merge(notifications::routes())
         .merge(webhooks::routes())
-        .merge(inbound::routes());
+        .merge(inbound::routes())
+        .merge(request_logs::routes());
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -174,6 +191,9 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::from_status(axum::http::StatusCode::NOT_FOUND) })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::new())
-        .layer(axum::middleware::from_fn(context::request_context))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            context::request_context,
+        ))
         .with_state(state)
 }

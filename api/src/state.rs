@@ -10,13 +10,15 @@ use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
 use agentq_shared::crypto::Keyring;
-use agentq_shared::ids::ApiKeyId;
+use agentq_shared::ids::{AgentId, ApiKeyId, TeamId};
 use agentq_shared::keys;
 use agentq_shared::queues::Queues;
 use agentq_shared::redis_conn::Keys;
 
 use crate::config::ApiConfig;
 use crate::hub::Hub;
+use crate::ratelimit::Limit;
+use crate::request_logs::RequestLogger;
 
 /// Shared handler state; cheap to clone.
 #[derive(Clone)]
@@ -39,6 +41,55 @@ pub struct AppState {
     pub config: Arc<ApiConfig>,
     /// Key uses waiting to be written.
     pub last_used: Arc<LastUsed>,
+    /// Agents' rate limits, cached briefly.
+    pub agent_limits: Arc<AgentLimits>,
+    /// Request log lines waiting to be written.
+    pub request_logs: Option<RequestLogger>,
+}
+
+/// Agents' rate limits, cached for a few seconds so limiting costs no database read.
+#[derive(Default)]
+pub struct AgentLimits {
+    cache: Mutex<HashMap<AgentId, (std::time::Instant, Option<Limit>)>>,
+}
+
+impl AgentLimits {
+    const TTL: Duration = Duration::from_secs(5);
+
+    /// The agent's limit, if it has one.
+    pub async fn get(
+        &self,
+        db: &PgPool,
+        team: TeamId,
+        agent: AgentId,
+    ) -> Result<Option<Limit>, sqlx::Error> {
+        {
+            let map = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((at, limit)) = map.get(&agent) {
+                if at.elapsed() < Self::TTL {
+                    return Ok(*limit);
+                }
+            }
+        }
+        let row: Option<(Option<i32>, Option<i32>)> =
+            sqlx::query_as("SELECT rate_limit_per_minute, rate_limit_per_day FROM agents WHERE id = $1 AND team_id = $2")
+                .bind(agent)
+                .bind(team)
+                .fetch_optional(db)
+                .await?;
+        let limit = row
+            .map(|(m, d)| Limit {
+                per_minute: m.map(|v| v as u32),
+                per_day: d.map(|v| v as u32),
+            })
+            .filter(|l| l.per_minute.is_some() || l.per_day.is_some());
+        let mut map = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() > 100_000 {
+            map.clear();
+        }
+        map.insert(agent, (std::time::Instant::now(), limit));
+        Ok(limit)
+    }
 }
 
 /// Remembers the latest use of each key in memory so that authentication never writes to

@@ -31,6 +31,8 @@ pub struct SchedulerConfig {
     pub catch_up: CatchUp,
     /// A fire time later than this is "missed" (a short delay is just a late tick).
     pub catch_up_grace: Duration,
+    /// Request logs older than this are deleted.
+    pub request_log_retention: Duration,
 }
 
 /// The catch-up policy for missed fire times.
@@ -52,6 +54,7 @@ impl SchedulerConfig {
             stale_after: Duration::from_secs(20),
             catch_up: CatchUp::One,
             catch_up_grace: Duration::from_secs(60),
+            request_log_retention: Duration::from_secs(30 * 86_400),
         }
     }
 }
@@ -106,6 +109,11 @@ pub async fn run(
         )
         .await;
         timed("expire_approvals", expire::approvals(&db, &queues)).await;
+        timed(
+            "request_log_retention",
+            expire::request_logs(&db, config.request_log_retention),
+        )
+        .await;
     }
     lease.release().await;
     tracing::info!("scheduler stopped");

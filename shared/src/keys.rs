@@ -154,10 +154,36 @@ pub struct ApiKey {
     pub last_used_at: Option<DateTime<Utc>>,
     /// Revocation time; final once set.
     pub revoked_at: Option<DateTime<Utc>>,
+    /// The key's own rate limit (unset windows fall back to the team's).
+    #[sqlx(flatten)]
+    pub rate_limit: KeyRateLimit,
+}
+
+/// A rate limit as stored on a key or a team: requests per minute and per day.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct KeyRateLimit {
+    /// Requests per minute.
+    #[sqlx(rename = "rate_limit_per_minute")]
+    pub per_minute: Option<i32>,
+    /// Requests per day.
+    #[sqlx(rename = "rate_limit_per_day")]
+    pub per_day: Option<i32>,
+}
+
+/// A key found for authentication, with its team's rate limit.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct AuthKey {
+    /// The key.
+    #[sqlx(flatten)]
+    pub key: ApiKey,
+    /// The team's limit per minute.
+    pub team_per_minute: Option<i32>,
+    /// The team's limit per day.
+    pub team_per_day: Option<i32>,
 }
 
 const KEY_COLUMNS: &str = "id, team_id, name, prefix, scopes, agent_ids, created_by, created_at, \
-                           expires_at, last_used_at, revoked_at";
+                           expires_at, last_used_at, revoked_at, rate_limit_per_minute, rate_limit_per_day";
 
 /// What a new key is made of.
 pub struct KeySpec<'a> {
@@ -171,6 +197,8 @@ pub struct KeySpec<'a> {
     pub agent_ids: &'a [Uuid],
     /// Lifetime.
     pub lifetime: Lifetime,
+    /// Own rate limit.
+    pub rate_limit: KeyRateLimit,
 }
 
 /// Inserts a key and its audit entry in one transaction; returns the row and the secret.
@@ -183,8 +211,9 @@ pub async fn create(
     let key = NewKey::generate();
     let mut tx = pool.begin().await?;
     let row: ApiKey = sqlx::query_as(&format!(
-        "INSERT INTO api_keys (id, team_id, name, prefix, key_hash, scopes, agent_ids, created_by, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {KEY_COLUMNS}"
+        "INSERT INTO api_keys (id, team_id, name, prefix, key_hash, scopes, agent_ids, created_by, expires_at,
+                               rate_limit_per_minute, rate_limit_per_day)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {KEY_COLUMNS}"
     ))
     .bind(ApiKeyId::new())
     .bind(spec.team_id)
@@ -195,6 +224,8 @@ pub async fn create(
     .bind(spec.agent_ids)
     .bind(actor.key_id())
     .bind(spec.lifetime.expires_at(Utc::now()))
+    .bind(spec.rate_limit.per_minute)
+    .bind(spec.rate_limit.per_day)
     .fetch_one(&mut *tx)
     .await?;
     audit::record(
@@ -312,17 +343,60 @@ pub async fn list(
     Ok(cursor.page(rows, |k| k.id.0))
 }
 
-/// The key behind a presented secret, with its team, if the hash is known.
+/// The key behind a presented secret, with its team's rate limit, if the hash is known.
 pub async fn find_by_secret(
     db: impl PgExecutor<'_>,
     secret: &str,
-) -> Result<Option<ApiKey>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = $1"
-    ))
+) -> Result<Option<AuthKey>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT k.id, k.team_id, k.name, k.prefix, k.scopes, k.agent_ids, k.created_by, k.created_at, k.expires_at,
+                k.last_used_at, k.revoked_at, k.rate_limit_per_minute, k.rate_limit_per_day,
+                t.rate_limit_per_minute AS team_per_minute, t.rate_limit_per_day AS team_per_day
+         FROM api_keys k JOIN teams t ON t.id = k.team_id WHERE k.key_hash = $1",
+    )
     .bind(&hash_key(secret)[..])
     .fetch_optional(db)
     .await
+}
+
+/// Sets a key's name and own rate limit.
+pub async fn update(
+    pool: &PgPool,
+    team_id: TeamId,
+    key_id: ApiKeyId,
+    name: &str,
+    limit: KeyRateLimit,
+    actor: Actor,
+    ctx: audit::RequestMeta<'_>,
+) -> Result<Option<ApiKey>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let row: Option<ApiKey> = sqlx::query_as(&format!(
+        "UPDATE api_keys SET name = $3, rate_limit_per_minute = $4, rate_limit_per_day = $5
+         WHERE id = $1 AND team_id = $2 RETURNING {KEY_COLUMNS}"
+    ))
+    .bind(key_id)
+    .bind(team_id)
+    .bind(name)
+    .bind(limit.per_minute)
+    .bind(limit.per_day)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    audit::record(
+        &mut *tx,
+        AuditEntry {
+            team_id,
+            actor,
+            action: "api_key.updated",
+            target_type: "api_key",
+            target_id: row.id.to_string(),
+            meta: ctx,
+            details: serde_json::json!({"name": row.name, "rate_limit": row.rate_limit}),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Some(row))
 }
 
 /// Stores the latest use of many keys in one statement (the API batches them).

@@ -37,6 +37,24 @@ pub async fn by_name(db: impl PgExecutor<'_>, name: &str) -> Result<Option<Team>
         .await
 }
 
+/// Sets a team's rate limit (a key without its own falls back to it).
+pub async fn set_rate_limit(
+    db: impl PgExecutor<'_>,
+    name: &str,
+    per_minute: Option<i32>,
+    per_day: Option<i32>,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE teams SET rate_limit_per_minute = $2, rate_limit_per_day = $3 WHERE name = $1",
+    )
+    .bind(name)
+    .bind(per_minute)
+    .bind(per_day)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// All teams, by name.
 pub async fn list(db: impl PgExecutor<'_>) -> Result<Vec<Team>, sqlx::Error> {
     sqlx::query_as("SELECT id, name, created_at FROM teams ORDER BY name")

@@ -115,6 +115,17 @@ fn api_config(
     config.inbound_body_limit = args.inbound_body_limit;
     config.inbound_per_ip_per_minute = args.inbound_per_ip_per_minute;
     config.inbound_per_hook_per_minute = args.inbound_per_hook_per_minute;
+    config.rate_limits = args.rate_limits;
+    config.default_rate_limit = agentq_api::ratelimit::Limit {
+        per_minute: Some(args.default_rate_limit_per_minute).filter(|n| *n > 0),
+        per_day: Some(args.default_rate_limit_per_day).filter(|n| *n > 0),
+    };
+    config.rate_limit_redis_down = match args.rate_limit_redis_down {
+        super::args::RedisDownArg::Open => agentq_api::ratelimit::RedisDown::Open,
+        super::args::RedisDownArg::Closed => agentq_api::ratelimit::RedisDown::Closed,
+    };
+    config.request_logs = args.request_logs;
+    config.request_log_body_cap = args.request_log_body_cap;
     Ok(config)
 }
 
@@ -174,6 +185,8 @@ fn scheduler_config(
     let mut config = SchedulerConfig::new(store);
     config.stale_after = seconds("AGENTQ_STALE_AFTER_SECONDS", t.stale_after_seconds)?;
     config.requeue_after = seconds("AGENTQ_REQUEUE_AFTER_SECONDS", args.requeue_after_seconds)?;
+    config.request_log_retention =
+        Duration::from_secs(u64::from(args.request_log_retention_days.max(1)) * 86_400);
     config.catch_up = match args.catch_up {
         super::args::CatchUpArg::One => agentq_scheduler::CatchUp::One,
         super::args::CatchUpArg::Skip => agentq_scheduler::CatchUp::Skip,
@@ -230,7 +243,14 @@ pub(crate) async fn serve_all(s: &StoreArgs, t: &TuningArgs, args: AllArgs) -> R
 pub(crate) async fn teams(s: &StoreArgs, cmd: TeamsCommand) -> Result<(), Failure> {
     let pool = migrated_pool(s).await?;
     match cmd {
-        TeamsCommand::Create { name } => {
+        TeamsCommand::Update { name, limit } => {
+            let (m, d) = limit.resolve();
+            if !team_db::set_rate_limit(&pool, name.trim(), m, d).await? {
+                return Err(anyhow!("no team named '{name}'").into());
+            }
+            eprintln!("team '{name}': {} per minute, {} per day", show(m), show(d));
+        }
+        TeamsCommand::Create { name, limit } => {
             let name = name.trim();
             if name.is_empty() || name.chars().count() > 200 {
                 return Err(anyhow!("team name must be 1 to 200 characters").into());
@@ -244,6 +264,10 @@ pub(crate) async fn teams(s: &StoreArgs, cmd: TeamsCommand) -> Result<(), Failur
                         .ok_or_else(|| anyhow!("team '{name}' vanished while reading it"))?
                 }
             };
+            let (m, d) = limit.resolve();
+            if m.is_some() || d.is_some() {
+                team_db::set_rate_limit(&pool, &team.name, m, d).await?;
+            }
             println!("{}", team.id);
         }
         TeamsCommand::List => {
@@ -253,6 +277,10 @@ pub(crate) async fn teams(s: &StoreArgs, cmd: TeamsCommand) -> Result<(), Failur
         }
     }
     Ok(())
+}
+
+fn show(v: Option<i32>) -> String {
+    v.map(|n| n.to_string()).unwrap_or_else(|| "default".into())
 }
 
 async fn team_named(pool: &sqlx::PgPool, name: &str) -> Result<team_db::Team, Failure> {
@@ -270,6 +298,7 @@ pub(crate) async fn keys(s: &StoreArgs, cmd: KeysCommand) -> Result<(), Failure>
             scopes,
             agents,
             expires,
+            limit,
         } => {
             let team = team_named(&pool, &team).await?;
             let parts: Vec<&str> = scopes
@@ -288,12 +317,18 @@ pub(crate) async fn keys(s: &StoreArgs, cmd: KeysCommand) -> Result<(), Failure>
             if name.is_empty() || name.chars().count() > 200 {
                 return Err(anyhow!("--name must be 1 to 200 characters").into());
             }
+            let (per_minute, per_day) = limit.resolve();
+            let rate_limit = keys::KeyRateLimit {
+                per_minute,
+                per_day,
+            };
             let spec = KeySpec {
                 team_id: team.id,
                 name,
                 scopes: &scopes,
                 agent_ids: &agents,
                 lifetime,
+                rate_limit,
             };
             let (row, secret) =
                 keys::create(&pool, spec, Actor::Cli, RequestMeta::default()).await?;

@@ -153,6 +153,49 @@ pub(crate) struct ApiArgs {
         default_value_t = 6000
     )]
     pub(crate) inbound_per_hook_per_minute: u64,
+
+    /// Enforce rate limits.
+    #[arg(long, env = "AGENTQ_RATE_LIMITS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub(crate) rate_limits: bool,
+
+    /// Requests per minute for keys whose key and team set no limit.
+    #[arg(
+        long,
+        env = "AGENTQ_DEFAULT_RATE_LIMIT_PER_MINUTE",
+        default_value_t = 6000
+    )]
+    pub(crate) default_rate_limit_per_minute: u32,
+
+    /// Requests per day for keys whose key and team set no limit.
+    #[arg(
+        long,
+        env = "AGENTQ_DEFAULT_RATE_LIMIT_PER_DAY",
+        default_value_t = 1_000_000
+    )]
+    pub(crate) default_rate_limit_per_day: u32,
+
+    /// When Redis cannot count requests: `open` lets them through (logged), `closed` answers 503.
+    #[arg(
+        long,
+        env = "AGENTQ_RATE_LIMIT_REDIS_DOWN",
+        value_enum,
+        default_value = "open"
+    )]
+    pub(crate) rate_limit_redis_down: RedisDownArg,
+
+    /// Log every API request (in batches, off the request path).
+    #[arg(long, env = "AGENTQ_REQUEST_LOGS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub(crate) request_logs: bool,
+
+    /// Request body bytes kept in a log line.
+    #[arg(long, env = "AGENTQ_REQUEST_LOG_BODY_CAP", default_value_t = 4096)]
+    pub(crate) request_log_body_cap: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum RedisDownArg {
+    Open,
+    Closed,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -204,6 +247,10 @@ pub(crate) struct SchedulerArgs {
     #[arg(long, env = "AGENTQ_REQUEUE_AFTER_SECONDS", default_value_t = 30.0)]
     pub(crate) requeue_after_seconds: f64,
 
+    /// Request logs older than this many days are deleted.
+    #[arg(long, env = "AGENTQ_REQUEST_LOG_RETENTION_DAYS", default_value_t = 30)]
+    pub(crate) request_log_retention_days: u32,
+
     /// Fire times missed while no scheduler ran: `one` catch-up run per agent, or `skip`.
     #[arg(long, env = "AGENTQ_CATCH_UP", value_enum, default_value = "one")]
     pub(crate) catch_up: CatchUpArg,
@@ -225,12 +272,51 @@ pub(crate) struct AllArgs {
     pub(crate) scheduler: SchedulerArgs,
 }
 
+/// A rate limit: a plan's preset, or numbers.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct LimitArgs {
+    /// starter (60/min, 10,000/day) or pro (300/min, 100,000/day).
+    #[arg(long, value_parser = ["starter", "pro"])]
+    pub(crate) plan: Option<String>,
+    /// Requests per minute (overrides the plan's).
+    #[arg(long)]
+    pub(crate) per_minute: Option<u32>,
+    /// Requests per day (overrides the plan's).
+    #[arg(long)]
+    pub(crate) per_day: Option<u32>,
+}
+
+impl LimitArgs {
+    /// The limit, as stored (None where unset).
+    pub(crate) fn resolve(&self) -> (Option<i32>, Option<i32>) {
+        let (m, d) = match self.plan.as_deref() {
+            Some("starter") => (Some(60), Some(10_000)),
+            Some("pro") => (Some(300), Some(100_000)),
+            _ => (None, None),
+        };
+        let clamp = |v: u32| v.min(100_000_000) as i32;
+        (
+            self.per_minute.map(clamp).or(m),
+            self.per_day.map(clamp).or(d),
+        )
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub(crate) enum TeamsCommand {
     /// Create a team (prints its id; an existing name is left as it is).
     Create {
         /// Team name.
         name: String,
+        #[command(flatten)]
+        limit: LimitArgs,
+    },
+    /// Set a team's rate limit, which its keys use unless they set their own.
+    Update {
+        /// Team name.
+        name: String,
+        #[command(flatten)]
+        limit: LimitArgs,
     },
     /// List teams.
     List,
@@ -255,6 +341,8 @@ pub(crate) enum KeysCommand {
         /// Lifetime: 7d, 30d, 60d, 90d, 1y or never.
         #[arg(long, default_value = "never")]
         expires: String,
+        #[command(flatten)]
+        limit: LimitArgs,
     },
     /// List a team's keys (never the keys themselves).
     List {

@@ -22,6 +22,15 @@ pub(super) struct CreateAgent {
     timezone: Option<String>,
     limits: Option<Limits>,
     approval: Option<Value>,
+    rate_limit: Option<RateLimit>,
+}
+
+/// Requests aimed at the agent, whatever the key.
+#[derive(Deserialize, Clone, Copy, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RateLimit {
+    pub(super) per_minute: Option<i32>,
+    pub(super) per_day: Option<i32>,
 }
 
 /// `PATCH /agents/{id}`: every field optional; `null` clears description and schedule.
@@ -39,6 +48,8 @@ pub(super) struct UpdateAgent {
     limits: Option<PartialLimits>,
     #[serde(default, deserialize_with = "nullable")]
     approval: Option<Option<Value>>,
+    #[serde(default, deserialize_with = "nullable")]
+    rate_limit: Option<Option<RateLimit>>,
 }
 
 #[derive(Deserialize)]
@@ -67,6 +78,7 @@ pub(super) struct Valid {
     pub(super) timezone: String,
     pub(super) limits: Limits,
     pub(super) approval: Option<Value>,
+    pub(super) rate_limit: RateLimit,
 }
 
 impl CreateAgent {
@@ -80,6 +92,7 @@ impl CreateAgent {
             timezone: self.timezone.unwrap_or_else(|| "UTC".into()),
             limits: self.limits.unwrap_or_default(),
             approval: self.approval.filter(|v| !v.is_null()),
+            rate_limit: self.rate_limit.unwrap_or_default(),
         }
         .checked(allow_private)
     }
@@ -115,6 +128,13 @@ impl UpdateAgent {
                 .approval
                 .unwrap_or_else(|| a.approval.clone())
                 .filter(|v| !v.is_null()),
+            rate_limit: match self.rate_limit {
+                Some(r) => r.unwrap_or_default(),
+                None => RateLimit {
+                    per_minute: a.rate_limit_per_minute,
+                    per_day: a.rate_limit_per_day,
+                },
+            },
         }
         .checked(allow_private)
     }
@@ -153,6 +173,17 @@ impl Valid {
         if let Some(policy) = &self.approval {
             agentq_shared::approvals::policy::parse(policy)
                 .map_err(|e| ApiError::invalid_field(&e.field, e.problem))?;
+        }
+        for (v, field) in [
+            (self.rate_limit.per_minute, "rate_limit.per_minute"),
+            (self.rate_limit.per_day, "rate_limit.per_day"),
+        ] {
+            if v.is_some_and(|n| !(1..=100_000_000).contains(&n)) {
+                return Err(ApiError::invalid_field(
+                    field,
+                    "must be between 1 and 100000000",
+                ));
+            }
         }
         if !(1..=10_000).contains(&self.limits.max_concurrent_runs) {
             return Err(ApiError::invalid_field(

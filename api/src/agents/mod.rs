@@ -70,8 +70,8 @@ async fn create(
     let mut tx = state.db.begin().await?;
     let agent: Agent = sqlx::query_as(&format!(
         "INSERT INTO agents (id, team_id, name, description, runtime, config, signing_secret, schedule, timezone,
-                             max_concurrent_runs, max_run_seconds, approval, next_run_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING {AGENT_COLUMNS}"
+                             max_concurrent_runs, max_run_seconds, approval, next_run_at, rate_limit_per_minute, rate_limit_per_day)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING {AGENT_COLUMNS}"
     ))
     .bind(AgentId::new())
     .bind(auth.team_id())
@@ -86,6 +86,8 @@ async fn create(
     .bind(v.limits.max_run_seconds)
     .bind(&v.approval)
     .bind(Agent::first_fire(v.schedule.as_deref(), &v.timezone))
+    .bind(v.rate_limit.per_minute)
+    .bind(v.rate_limit.per_day)
     .fetch_one(&mut *tx)
     .await?;
     let outbox = record_change(&mut tx, &auth, &agent, "agent.created").await?;
@@ -179,7 +181,8 @@ async fn update(
     let mut tx = state.db.begin().await?;
     let agent: Option<Agent> = sqlx::query_as(&format!(
         "UPDATE agents SET name = $3, description = $4, runtime = $5, config = $6, schedule = $7, timezone = $8,
-                max_concurrent_runs = $9, max_run_seconds = $10, approval = $11, next_run_at = $12, updated_at = now()
+                max_concurrent_runs = $9, max_run_seconds = $10, approval = $11, next_run_at = $12,
+                rate_limit_per_minute = $13, rate_limit_per_day = $14, updated_at = now()
          WHERE id = $1 AND team_id = $2 AND deleted_at IS NULL RETURNING {AGENT_COLUMNS}"
     ))
     .bind(id)
@@ -194,6 +197,8 @@ async fn update(
     .bind(v.limits.max_run_seconds)
     .bind(&v.approval)
     .bind(next_run_at)
+    .bind(v.rate_limit.per_minute)
+    .bind(v.rate_limit.per_day)
     .fetch_optional(&mut *tx)
     .await?;
     let agent = agent.ok_or_else(|| ApiError::not_found("Agent"))?;

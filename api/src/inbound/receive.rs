@@ -118,6 +118,8 @@ async fn receive(
         tracing::info!(ip, "inbound webhook for an unknown token");
         return Err(not_found());
     };
+    let _ = ctx.team_id.set(hook.team_id);
+    let _ = ctx.agent_id.set(hook.agent_id);
     if !hook.enabled {
         refuse(&state, &hook, &ctx, "disabled").await;
         return Err(not_found());

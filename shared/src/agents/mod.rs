@@ -42,6 +42,10 @@ pub struct Agent {
     pub approval: Option<Value>,
     /// The schedule's next fire time (kept by the API and the scheduler).
     pub next_run_at: Option<DateTime<Utc>>,
+    /// Requests aimed at this agent per minute, whatever the key.
+    pub rate_limit_per_minute: Option<i32>,
+    /// Requests aimed at this agent per day.
+    pub rate_limit_per_day: Option<i32>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last change.
@@ -64,6 +68,7 @@ pub struct AgentView<'a> {
     limits: Limits,
     approval: Option<&'a Value>,
     next_run_at: Option<DateTime<Utc>>,
+    rate_limit: Option<Value>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -114,9 +119,10 @@ impl Agent {
                 max_run_seconds: self.max_run_seconds,
             },
             approval: self.approval.as_ref(),
-            next_run_at: self
-                .next_run_at
-                .filter(|_| !self.is_paused() && self.schedule.is_some()),
+                        next_run_at: self.next_run_at.filter(|_| !self.is_paused() && self.schedule.is_some()),
+            rate_limit: (self.rate_limit_per_minute.is_some() || self.rate_limit_per_day.is_some()).then(|| {
+                serde_json::json!({"per_minute": self.rate_limit_per_minute, "per_day": self.rate_limit_per_day})
+            }),
             created_at: self.created_at,
             updated_at: self.updated_at,
         }
@@ -144,7 +150,8 @@ impl Agent {
 
 /// Columns of [`Agent`], for queries elsewhere.
 pub const AGENT_COLUMNS: &str = "id, team_id, name, description, runtime, config, signing_secret, \
-    schedule, timezone, status, max_concurrent_runs, max_run_seconds, approval, next_run_at, created_at, updated_at, deleted_at";
+    schedule, timezone, status, max_concurrent_runs, max_run_seconds, approval, next_run_at, rate_limit_per_minute, rate_limit_per_day, \
+    created_at, updated_at, deleted_at";
 
 /// A live (not deleted) agent of a team.
 pub async fn get(

@@ -135,6 +135,7 @@ pub async fn create_key(
         scopes: &scopes,
         agent_ids: agents,
         lifetime,
+        rate_limit: Default::default(),
     };
     keys::create(pool, spec, Actor::Cli, RequestMeta::default())
         .await

@@ -1,0 +1,311 @@
+//! Rate limits per API key (its own, else its team's, else the operator's default) and per
+//! agent (for requests aimed at it), per minute and per day, in fixed UTC windows. One Lua
+//! call per request checks every window and counts the request only if all allow it, so the
+//! limits are exact at the boundary under concurrency and across API replicas. The outcome
+//! becomes `X-RateLimit-*` and IETF `RateLimit-Policy` / `RateLimit` headers; over a limit
+//! the answer is 429 `rate_limited` with `Retry-After` and the window that tripped. If Redis
+//! does not answer in time, the configured policy applies: let the request through (with a
+//! warning) or answer 503.
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// How long the limiter waits for Redis before applying the Redis-down policy.
+const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// A limit as set on a key, a team or an agent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limit {
+    /// Requests per minute (None: no minute limit at this level).
+    pub per_minute: Option<u32>,
+    /// Requests per day.
+    pub per_day: Option<u32>,
+}
+
+impl Limit {
+    /// The presets of seed 002's plans.
+    pub fn plan(name: &str) -> Option<Limit> {
+        match name {
+            "starter" => Some(Limit {
+                per_minute: Some(60),
+                per_day: Some(10_000),
+            }),
+            "pro" => Some(Limit {
+                per_minute: Some(300),
+                per_day: Some(100_000),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Each window from `self`, else from `fallback`.
+    pub fn or(self, fallback: Limit) -> Limit {
+        Limit {
+            per_minute: self.per_minute.or(fallback.per_minute),
+            per_day: self.per_day.or(fallback.per_day),
+        }
+    }
+}
+
+/// What Redis-down does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedisDown {
+    /// Let requests through, logging a warning.
+    Open,
+    /// Answer 503 with Retry-After.
+    Closed,
+}
+
+/// One counted window.
+struct Window {
+    subject: &'static str,
+    name: &'static str,
+    seconds: i64,
+    limit: u32,
+    key: String,
+}
+
+/// The headers a limited response carries.
+#[derive(Clone, Debug)]
+pub struct RateHeaders {
+    limit: u32,
+    remaining: u32,
+    reset_at: i64,
+    reset_in: i64,
+    policy: String,
+}
+
+impl RateHeaders {
+    /// Adds the headers to a response.
+    pub fn apply(&self, h: &mut HeaderMap) {
+        let mut set = |name: &'static str, value: String| {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                h.insert(name, v);
+            }
+        };
+        set("x-ratelimit-limit", self.limit.to_string());
+        set("x-ratelimit-remaining", self.remaining.to_string());
+        set("x-ratelimit-reset", self.reset_at.to_string());
+        set("ratelimit-policy", self.policy.clone());
+        set(
+            "ratelimit",
+            format!(
+                "limit={}, remaining={}, reset={}",
+                self.limit, self.remaining, self.reset_in
+            ),
+        );
+    }
+}
+
+const SCRIPT: &str = r#"
+local n = #KEYS
+for i = 1, n do
+  local used = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if used >= tonumber(ARGV[i]) then
+    return {0, i, used}
+  end
+end
+local out = {1, 0}
+for i = 1, n do
+  local c = redis.call('INCR', KEYS[i])
+  if c == 1 then redis.call('EXPIRE', KEYS[i], ARGV[n + i]) end
+  out[#out + 1] = c
+end
+return out
+"#;
+
+fn windows(
+    state: &AppState,
+    subject: &'static str,
+    id: &str,
+    limit: Limit,
+    now: i64,
+) -> Vec<Window> {
+    let mut w = Vec::new();
+    if let Some(l) = limit.per_minute {
+        let key = state
+            .keys
+            .key("ratelimit", &format!("{subject}:{id}:m:{}", now / 60));
+        w.push(Window {
+            subject,
+            name: "minute",
+            seconds: 60,
+            limit: l,
+            key,
+        });
+    }
+    if let Some(l) = limit.per_day {
+        let key = state
+            .keys
+            .key("ratelimit", &format!("{subject}:{id}:d:{}", now / 86_400));
+        w.push(Window {
+            subject,
+            name: "day",
+            seconds: 86_400,
+            limit: l,
+            key,
+        });
+    }
+    w
+}
+
+fn headers_for(windows: &[Window], used: &[u32], now: i64) -> Option<RateHeaders> {
+    // The tightest window speaks for the X-RateLimit headers; the policy lists them all.
+    let (i, w) = windows
+        .iter()
+        .enumerate()
+        .min_by_key(|(i, w)| w.limit.saturating_sub(used.get(*i).copied().unwrap_or(0)))?;
+    let reset_at = (now / w.seconds + 1) * w.seconds;
+    Some(RateHeaders {
+        limit: w.limit,
+        remaining: w.limit.saturating_sub(used.get(i).copied().unwrap_or(0)),
+        reset_at,
+        reset_in: reset_at - now,
+        policy: windows
+            .iter()
+            .map(|w| format!("{};w={}", w.limit, w.seconds))
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
+
+/// Counts a request against the key's and (if any) the agent's limits.
+pub async fn check(
+    state: &AppState,
+    key_id: &str,
+    key_limit: Limit,
+    agent: Option<(String, Limit)>,
+) -> Result<Option<RateHeaders>, (ApiError, Option<RateHeaders>)> {
+    let now = chrono::Utc::now().timestamp();
+    let mut all = windows(state, "key", key_id, key_limit, now);
+    if let Some((id, limit)) = &agent {
+        all.extend(windows(state, "agent", id, *limit, now));
+    }
+    if all.is_empty() {
+        return Ok(None);
+    }
+    static COMPILED: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    let mut script = COMPILED
+        .get_or_init(|| redis::Script::new(SCRIPT))
+        .prepare_invoke();
+    for w in &all {
+        script.key(&w.key);
+    }
+    for w in &all {
+        script.arg(w.limit);
+    }
+    for w in &all {
+        script.arg(w.seconds + 60);
+    }
+    let mut conn = state.redis.clone();
+    let answer =
+        tokio::time::timeout(REDIS_TIMEOUT, script.invoke_async::<Vec<i64>>(&mut conn)).await;
+    let reply = match answer {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return redis_down(state, &e.to_string()),
+        Err(_) => return redis_down(state, "timed out"),
+    };
+    if reply.first() == Some(&1) {
+        let used: Vec<u32> = reply[2..].iter().map(|c| *c as u32).collect();
+        return Ok(headers_for(&all, &used, now));
+    }
+    let tripped = reply.get(1).map(|i| (*i - 1).max(0) as usize).unwrap_or(0);
+    let w = &all[tripped.min(all.len() - 1)];
+    let used: Vec<u32> = all
+        .iter()
+        .enumerate()
+        .map(|(i, w)| if i == tripped { w.limit } else { 0 })
+        .collect();
+    let headers = headers_for(&all[tripped..=tripped], &used[tripped..=tripped], now);
+    let retry = (now / w.seconds + 1) * w.seconds - now;
+    let whose = if w.subject == "key" {
+        "this API key"
+    } else {
+        "this agent"
+    };
+    let err = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!(
+            "Rate limit exceeded: {} requests per {} for {whose}. Retry in {retry} s.",
+            w.limit, w.name
+        ),
+    )
+    .with_retry_after(retry.max(1) as u64)
+    .with_details(serde_json::json!({"window": w.name, "limit": w.limit, "scope": w.subject}));
+    Err((err, headers))
+}
+
+fn redis_down(
+    state: &AppState,
+    why: &str,
+) -> Result<Option<RateHeaders>, (ApiError, Option<RateHeaders>)> {
+    match state.config.rate_limit_redis_down {
+        RedisDown::Open => {
+            tracing::warn!(
+                error = why,
+                "rate limiter cannot reach Redis; letting the request through"
+            );
+            Ok(None)
+        }
+        RedisDown::Closed => {
+            tracing::warn!(
+                error = why,
+                "rate limiter cannot reach Redis; refusing the request"
+            );
+            Err((
+                ApiError::unavailable(
+                    "rate_limiter_unavailable",
+                    "Rate limits cannot be checked right now; retry shortly.",
+                    5,
+                ),
+                None,
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_and_fallbacks() {
+        assert_eq!(
+            Limit::plan("starter"),
+            Some(Limit {
+                per_minute: Some(60),
+                per_day: Some(10_000)
+            })
+        );
+        assert_eq!(
+            Limit::plan("pro"),
+            Some(Limit {
+                per_minute: Some(300),
+                per_day: Some(100_000)
+            })
+        );
+        assert_eq!(Limit::plan("gold"), None);
+        let own = Limit {
+            per_minute: Some(5),
+            per_day: None,
+        };
+        let team = Limit {
+            per_minute: Some(50),
+            per_day: Some(500),
+        };
+        assert_eq!(
+            own.or(team),
+            Limit {
+                per_minute: Some(5),
+                per_day: Some(500)
+            }
+        );
+    }
+}
