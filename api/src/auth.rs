@@ -148,7 +148,13 @@ impl FromRequestParts<AppState> for Auth {
             scopes,
             ctx,
         };
-        let agent = agent_in_path(parts.uri.path()).filter(|a| auth.can_access_agent(*a));
+        // Inside the nested /api/v1 router the URI has lost its prefix; the original has it.
+        let path = parts
+            .extensions
+            .get::<axum::extract::OriginalUri>()
+            .map(|u| u.0.path().to_owned())
+            .unwrap_or_else(|| parts.uri.path().to_owned());
+        let agent = agent_in_path(&path).filter(|a| auth.can_access_agent(*a));
         if let Some(a) = agent {
             let _ = auth.ctx.agent_id.set(a);
         }

@@ -9,6 +9,7 @@ mod approvals;
 mod audit_logs;
 mod cli;
 mod errors;
+mod gateway;
 mod health;
 mod http_runtime;
 mod resilience;
