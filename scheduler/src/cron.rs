@@ -73,16 +73,64 @@ pub(crate) async fn fire(
     Ok(made)
 }
 
-/// The last fire time at or before `now`, starting from the first missed one.
+/// The last fire time at or before `now` (and not before `first`, the first missed one).
+/// It looks back over growing windows, so a long outage of a frequent schedule costs a few
+/// dozen steps, not one per missed fire.
 fn latest_missed(schedule: &Schedule, first: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
-    let mut last = first;
-    for _ in 0..100_000 {
-        match schedule.next_after(last) {
-            Some(t) if t <= now => last = t,
-            _ => break,
+    const SPANS: [i64; 6] = [
+        60,
+        3_600,
+        86_400,
+        31 * 86_400,
+        366 * 86_400,
+        5 * 366 * 86_400,
+    ];
+    for span in SPANS {
+        let start =
+            (now - chrono::Duration::seconds(span)).max(first - chrono::Duration::seconds(1));
+        let Some(mut last) = schedule.next_after(start).filter(|t| *t <= now) else {
+            if start <= first {
+                break;
+            }
+            continue;
+        };
+        while let Some(t) = schedule.next_after(last).filter(|t| *t <= now) {
+            last = t;
         }
+        return last;
     }
-    last
+    first
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_latest_missed_fire_is_found_quickly_after_a_long_outage() {
+        let every_2s = Schedule::parse("*/2 * * * * *", "UTC").unwrap();
+        let now: DateTime<Utc> = "2026-06-01T12:00:01Z".parse().unwrap();
+        let first: DateTime<Utc> = "2026-05-01T00:00:00Z".parse().unwrap();
+        let started = std::time::Instant::now();
+        assert_eq!(
+            latest_missed(&every_2s, first, now),
+            "2026-06-01T12:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+        let daily = Schedule::parse("0 7 * * *", "UTC").unwrap();
+        let first: DateTime<Utc> = "2026-05-20T07:00:00Z".parse().unwrap();
+        assert_eq!(
+            latest_missed(&daily, first, now),
+            "2026-06-01T07:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        // Only one missed fire: it is the one.
+        let first: DateTime<Utc> = "2026-06-01T07:00:00Z".parse().unwrap();
+        assert_eq!(latest_missed(&daily, first, now), first);
+    }
 }
 
 /// Creates the run of one fire time; false if it already existed.

@@ -20,6 +20,16 @@ pub(crate) async fn runs(
     queue: &Queue,
     config: &SchedulerConfig,
 ) -> Result<usize, String> {
+    // A run recorded as held while its agent was resuming would wait forever: release it.
+    sqlx::query(
+        "UPDATE runs SET held = false, parked = true, queued_at = now()
+         WHERE held AND status = 'queued' AND queued_at < now() - make_interval(secs => $1)
+           AND agent_id IN (SELECT id FROM agents WHERE status = 'active' AND deleted_at IS NULL)",
+    )
+    .bind(config.requeue_after.as_secs_f64())
+    .execute(db)
+    .await
+    .map_err(|e| e.to_string())?;
     // queued_at doubles as "last enqueued", so one run is re-enqueued at most once per period.
     let ids: Vec<RunId> = sqlx::query_scalar(
         "UPDATE runs SET queued_at = now()

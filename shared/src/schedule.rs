@@ -5,7 +5,7 @@
 use std::str::FromStr;
 
 use chrono::offset::LocalResult;
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Offset, TimeZone, Utc};
 use chrono_tz::Tz;
 
 /// A parsed schedule.
@@ -79,8 +79,16 @@ impl Schedule {
     /// The first fire time strictly after `after`.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         // Walk local wall-clock times (as if UTC, so the crate sees no jumps), then map each
-        // to an instant per the DST rules above.
-        let mut local = after.with_timezone(&self.tz).naive_local() - chrono::Duration::hours(2);
+        // to an instant per the DST rules above. Near an offset change, start an hour earlier
+        // in wall-clock time, so a time in the gap (fired at the old offset) is not missed.
+        let offset = |t: DateTime<Utc>| self.tz.offset_from_utc_datetime(&t.naive_utc()).fix();
+        let hour = chrono::Duration::hours(1);
+        let near_change =
+            offset(after - hour) != offset(after) || offset(after) != offset(after + hour);
+        let mut local = after.with_timezone(&self.tz).naive_local();
+        if near_change {
+            local -= chrono::Duration::hours(2);
+        }
         for _ in 0..10_000 {
             let candidate = self
                 .cron

@@ -115,10 +115,10 @@ struct Earlier {
 
 async fn insert(pool: &PgPool, new: NewRun<'_>) -> Result<(Created, Outbox), CreateError> {
     let mut tx = pool.begin().await?;
-    // FOR SHARE: a concurrent pause/resume waits for this run to be recorded, so resume
-    // always sees (and releases) runs held while the agent was paused.
+    // No row lock: locking the agent here made every trigger queue behind run starts. A run
+    // recorded as held just as the agent resumes is released by the reconciler instead.
     let status: Option<String> = sqlx::query_scalar(
-        "SELECT status FROM agents WHERE id = $1 AND team_id = $2 AND deleted_at IS NULL FOR SHARE",
+        "SELECT status FROM agents WHERE id = $1 AND team_id = $2 AND deleted_at IS NULL",
     )
     .bind(new.agent_id)
     .bind(new.team_id)

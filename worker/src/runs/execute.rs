@@ -15,7 +15,7 @@ use agentq_shared::agents::Agent;
 use agentq_shared::approvals::policy::Policy;
 use agentq_shared::ids::RunId;
 use agentq_shared::runs::steps::{self, Step};
-use agentq_shared::runs::{self, doorbell, RunStatus};
+use agentq_shared::runs::{self, doorbell, Run, RunStatus};
 use agentq_shared::webhooks::Outbox;
 
 use super::store::{self, ApprovalRequest, Ending, Lease, NewStep, Written};
@@ -42,10 +42,15 @@ enum End {
     Lost,
 }
 
-pub(super) async fn execute(ctx: &Ctx, lease: Lease, agent: Agent) -> Result<(), JobError> {
+pub(super) async fn execute(
+    ctx: &Ctx,
+    lease: Lease,
+    run: Run,
+    agent: Agent,
+) -> Result<(), JobError> {
     let (tx, mut signal) = watch::channel(Signal::Go);
     let beat = tokio::spawn(heartbeat(ctx.clone(), lease, tx));
-    let result = run_steps(ctx, &lease, &agent, &mut signal).await;
+    let result = run_steps(ctx, &lease, run, &agent, &mut signal).await;
     beat.abort();
     // A store failure leaves the job pending: it is redelivered and the run resumed from
     // its last persisted step.
@@ -144,12 +149,13 @@ impl Cursor {
 async fn run_steps(
     ctx: &Ctx,
     lease: &Lease,
+    mut run: Run,
     agent: &Agent,
     signal: &mut watch::Receiver<Signal>,
 ) -> Result<End, JobError> {
-    let Some(run) = runs::get_any(&ctx.db, lease.run).await? else {
-        return Ok(End::Lost);
-    };
+    // The run as read before the lease was taken; only the lease changed it since.
+    run.attempts = lease.attempt;
+    run.status = RunStatus::Running.as_str().to_owned();
     let policy: Policy = agent.policy();
     let mut runtime = match AnyRuntime::for_agent(agent, &ctx.http) {
         Ok(r) => r,
@@ -167,8 +173,15 @@ async fn run_steps(
             return Ok(end);
         }
     }
-    // Back from a person's decision: record the call's result before going on.
-    if let Some(decided) = store::decided_approval(&ctx.db, run.id).await? {
+    // Back from a person's decision: record the call's result before going on. (A fresh
+    // run cannot have one, so it skips the lookup.)
+    let resumed = run.next_seq > 1;
+    let decided = if resumed {
+        store::decided_approval(&ctx.db, run.id).await?
+    } else {
+        None
+    };
+    if let Some(decided) = decided {
         match store::apply_decision(&ctx.db, lease, &decided).await? {
             Written::Lost => return Ok(End::Lost),
             Written::Ok { cancel_requested } => {

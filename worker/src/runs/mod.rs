@@ -63,8 +63,18 @@ pub async fn handle(ctx: &Ctx, job: RunJob, deliveries: u64) -> Result<(), JobEr
         }
         _ => return Ok(()),
     };
+    // After a takeover, read the run again: its last worker may have written steps after
+    // the first read. A started run was queued until the lease, so its read is current.
+    let run = if run.status() == RunStatus::Running {
+        match runs::get_any(&ctx.db, run.id).await? {
+            Some(r) => r,
+            None => return Ok(()),
+        }
+    } else {
+        run
+    };
     let Some(agent) = agents::get_any(&ctx.db, run.agent_id).await? else {
         return Ok(());
     };
-    execute::execute(ctx, lease, agent).await
+    execute::execute(ctx, lease, run, agent).await
 }
