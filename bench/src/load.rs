@@ -1,7 +1,9 @@
-//! The closed-loop load generator and its statistics: N tasks sharing one HTTP client send
-//! requests back to back for a fixed time, every latency is recorded, and a [`Summary`]
+//! The load generators and their statistics: closed loop (N tasks sharing one HTTP client
+//! send requests back to back, for a fixed time or a fixed count) and open loop (requests
+//! sent at a fixed rate whatever the answers); every latency is recorded, and a [`Summary`]
 //! (requests, errors, req/s, p50/p90/p99/max) is computed, printed as a table row and as JSON.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -57,6 +59,76 @@ pub(crate) async fn run(
             })
         })
         .collect();
+    collect(tasks, started).await
+}
+
+/// Sends exactly `total` requests from `concurrency` tasks, back to back.
+pub(crate) async fn run_count(
+    client: &Client,
+    concurrency: usize,
+    total: u64,
+    make: &MakeRequest,
+) -> Summary {
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let client = client.clone();
+            let make = Arc::clone(make);
+            let next = Arc::clone(&next);
+            tokio::spawn(async move {
+                let mut out = TaskResult::default();
+                while next.fetch_add(1, Ordering::Relaxed) < total {
+                    let t = Instant::now();
+                    let failure = send(make(&client)).await;
+                    out.latencies_us.push(t.elapsed().as_micros() as u64);
+                    if let Some(why) = failure {
+                        out.errors += 1;
+                        out.first_error.get_or_insert(why);
+                    }
+                }
+                out
+            })
+        })
+        .collect();
+    collect(tasks, started).await
+}
+
+/// Open loop: sends `rate` requests per second for `duration`, each at its scheduled time
+/// whether or not earlier ones were answered. Latency is counted from the scheduled time, so
+/// a sender that falls behind shows up in the figures instead of hiding (no coordinated
+/// omission).
+pub(crate) async fn open_loop(
+    client: &Client,
+    rate: f64,
+    duration: Duration,
+    make: &MakeRequest,
+) -> Summary {
+    let total = (rate * duration.as_secs_f64()).round().max(1.0) as u64;
+    let started = Instant::now();
+    let tokio_start = tokio::time::Instant::from_std(started);
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let offset = Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(tokio_start + offset).await;
+        let request = make(client);
+        let due = started + offset;
+        tasks.push(tokio::spawn(async move {
+            let failure = send(request).await;
+            let mut out = TaskResult::default();
+            out.latencies_us.push(due.elapsed().as_micros() as u64);
+            if let Some(why) = failure {
+                out.errors = 1;
+                out.first_error = Some(why);
+            }
+            out
+        }));
+    }
+    collect(tasks, started).await
+}
+
+/// Waits for every task and sums up what they saw.
+async fn collect(tasks: Vec<tokio::task::JoinHandle<TaskResult>>, started: Instant) -> Summary {
     let mut latencies = Vec::new();
     let mut errors = 0;
     let mut first_error = None;
@@ -174,6 +246,49 @@ impl Summary {
     }
 }
 
+/// p50/p90/p99/max of values measured elsewhere (e.g. from Postgres timestamps), in ms.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Spread {
+    pub(crate) count: usize,
+    pub(crate) p50: f64,
+    pub(crate) p90: f64,
+    pub(crate) p99: f64,
+    pub(crate) max: f64,
+}
+
+impl Spread {
+    /// The spread of `values` (any order; NaNs are dropped).
+    pub(crate) fn of(mut values: Vec<f64>) -> Self {
+        values.retain(|v| !v.is_nan());
+        values.sort_unstable_by(f64::total_cmp);
+        let pick = |p: f64| {
+            if values.is_empty() {
+                return 0.0;
+            }
+            let rank = ((p / 100.0) * values.len() as f64).ceil() as usize;
+            values[rank.clamp(1, values.len()) - 1]
+        };
+        Self {
+            count: values.len(),
+            p50: pick(50.0),
+            p90: pick(90.0),
+            p99: pick(99.0),
+            max: values.last().copied().unwrap_or(0.0),
+        }
+    }
+
+    /// As JSON, rounded to microseconds.
+    pub(crate) fn to_json(self) -> Value {
+        json!({
+            "count": self.count,
+            "p50_ms": round(self.p50, 3),
+            "p90_ms": round(self.p90, 3),
+            "p99_ms": round(self.p99, 3),
+            "max_ms": round(self.max, 3),
+        })
+    }
+}
+
 /// Nearest-rank percentile of sorted values; 0 when there are none.
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
@@ -202,6 +317,16 @@ mod tests {
         assert_eq!(percentile(&v, 100.0), 100);
         assert_eq!(percentile(&[7], 99.0), 7);
         assert_eq!(percentile(&[], 50.0), 0);
+    }
+
+    #[test]
+    fn spread_of_unsorted_values() {
+        let s = Spread::of((1..=100).rev().map(f64::from).collect());
+        assert_eq!(s.count, 100);
+        assert_eq!(s.p50, 50.0);
+        assert_eq!(s.p99, 99.0);
+        assert_eq!(s.max, 100.0);
+        assert_eq!(Spread::of(Vec::new()).p99, 0.0);
     }
 
     #[test]

@@ -1,11 +1,16 @@
 //! The bench command line: picks a scenario, brings up a throwaway agentq stack for it, runs
 //! it, and always tears the stack down again (also on error or Ctrl-C).
 //!
-//! Run as `cargo build --release && cargo run --release -p bench -- api`.
+//! Run as `cargo build --release && cargo run --release -p bench -- api` (or `-- runs`).
 
 mod api;
+mod baseline;
 mod load;
+mod observe;
+mod proxy;
+mod runs;
 mod stack;
+mod stats;
 
 use std::process::ExitCode;
 
@@ -29,6 +34,10 @@ struct Cli {
 enum Scenario {
     /// HTTP API overhead: GET /healthz against authenticated GET /api/v1/api-keys.
     Api(api::Args),
+    /// Runs end to end with api + workers: signals accepted/s, a burst's runs/s, trigger-to-start
+    /// latency at a steady rate, Redis commands and Postgres work per run, against raw Redis and
+    /// Postgres baselines.
+    Runs(runs::Args),
 }
 
 #[tokio::main]
@@ -56,6 +65,7 @@ async fn run(cli: Cli, binary: std::path::PathBuf) -> anyhow::Result<()> {
         r = async {
             match &cli.scenario {
                 Scenario::Api(args) => api::run(&mut stack, args).await,
+                Scenario::Runs(args) => runs::run(&mut stack, args).await,
             }
         } => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),

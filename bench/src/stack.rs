@@ -19,6 +19,10 @@ const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432";
 const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// How long a spawned `agentq api` may take to answer /healthz.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Requests per minute and per day of keys without a limit of their own, in every spawned
+/// `agentq api`: high enough that no benchmark is refused (the default, 6000 a minute, is
+/// reached in seconds).
+pub(crate) const BENCH_RATE_LIMIT: &str = "1000000000";
 /// How long a killed process may take to be reaped.
 const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -41,6 +45,8 @@ struct Process {
     role: String,
     child: Child,
     log: PathBuf,
+    /// Killed on purpose by [`Stack::stop`].
+    stopped: bool,
 }
 
 /// The database, Redis prefix and processes of one benchmark run.
@@ -80,6 +86,31 @@ impl Stack {
             redis_url,
             processes: Vec::new(),
         })
+    }
+
+    /// The database URL agentq uses (the throwaway database).
+    pub(crate) fn database_url(&self) -> &str {
+        &self.database_url
+    }
+
+    /// The database's name.
+    pub(crate) fn db_name(&self) -> &str {
+        &self.db_name
+    }
+
+    /// The Postgres URL the stack was made from (a database every process may connect to).
+    pub(crate) fn admin_url(&self) -> &str {
+        &self.admin_url
+    }
+
+    /// The Redis URL agentq uses.
+    pub(crate) fn redis_url(&self) -> &str {
+        &self.redis_url
+    }
+
+    /// The Redis key prefix of the stack; every key under `<prefix>:` is deleted at the end.
+    pub(crate) fn redis_prefix(&self) -> &str {
+        &self.redis_prefix
     }
 
     /// `agentq` with the stack's settings in its environment.
@@ -132,13 +163,21 @@ impl Stack {
     }
 
     /// Spawns `agentq <args>` in the background; its stdout and stderr go to a log file.
-    pub(crate) fn spawn(&mut self, role: &str, args: &[&str]) -> anyhow::Result<()> {
+    /// `env` is added to the stack's settings and overrides them (`DATABASE_URL`,
+    /// `REDIS_URL`, `AGENTQ_REDIS_PREFIX`, `RUST_LOG`, ...).
+    pub(crate) fn spawn(
+        &mut self,
+        role: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
         let n = self.processes.iter().filter(|p| p.role == role).count();
         let log = std::env::temp_dir().join(format!("{}-{role}{n}.log", self.db_name));
         let file =
             File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
         let child = self
             .command(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::from(file.try_clone()?))
             .stderr(Stdio::from(file))
             .spawn()
@@ -147,6 +186,7 @@ impl Stack {
             role: role.to_owned(),
             child,
             log,
+            stopped: false,
         });
         Ok(())
     }
@@ -154,9 +194,25 @@ impl Stack {
     /// Spawns `agentq api` on a free local port and waits until /healthz answers; returns
     /// the base URL (`http://127.0.0.1:<port>`).
     pub(crate) async fn spawn_api(&mut self) -> anyhow::Result<String> {
+        self.spawn_api_with_env("api", &[]).await
+    }
+
+    /// [`Stack::spawn_api`] under another role name and with extra environment variables.
+    pub(crate) async fn spawn_api_with_env(
+        &mut self,
+        role: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<String> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let listen = format!("127.0.0.1:{port}");
-        self.spawn("api", &["api", "--listen", &listen])?;
+        // Rate limits stay enforced (their Redis cost is part of every request), with a
+        // default limit no benchmark reaches; `env` may override it.
+        let mut all: Vec<(&str, &str)> = vec![
+            ("AGENTQ_DEFAULT_RATE_LIMIT_PER_MINUTE", BENCH_RATE_LIMIT),
+            ("AGENTQ_DEFAULT_RATE_LIMIT_PER_DAY", BENCH_RATE_LIMIT),
+        ];
+        all.extend_from_slice(env);
+        self.spawn(role, &["api", "--listen", &listen], &all)?;
         let base = format!("http://{listen}");
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
@@ -183,6 +239,52 @@ impl Stack {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The first spawned process that has exited, with the end of its log: a benchmark
+    /// waiting on work must not wait for a process that is gone.
+    pub(crate) fn exited(&mut self) -> Option<String> {
+        for p in &mut self.processes {
+            if p.stopped {
+                continue;
+            }
+            if let Ok(Some(status)) = p.child.try_wait() {
+                return Some(format!(
+                    "agentq {} exited ({status}); end of {}:\n{}",
+                    p.role,
+                    p.log.display(),
+                    tail(&p.log, 20)
+                ));
+            }
+        }
+        None
+    }
+
+    /// Kills the processes of one role (SIGKILL; meant for idle processes between phases).
+    /// They stay listed, so their logs are still reported at shutdown.
+    pub(crate) async fn stop(&mut self, role: &str) {
+        for p in self.processes.iter_mut().filter(|p| p.role == role) {
+            p.stopped = true;
+            let _ = p.child.start_kill();
+            let _ = tokio::time::timeout(KILL_TIMEOUT, p.child.wait()).await;
+        }
+    }
+
+    /// Role and pid of every running process.
+    pub(crate) fn pids(&self) -> Vec<(String, u32)> {
+        self.processes
+            .iter()
+            .filter(|p| !p.stopped)
+            .filter_map(|p| p.child.id().map(|id| (p.role.clone(), id)))
+            .collect()
+    }
+
+    /// Role and log file of every process spawned so far.
+    pub(crate) fn logs(&self) -> Vec<(String, PathBuf)> {
+        self.processes
+            .iter()
+            .map(|p| (p.role.clone(), p.log.clone()))
+            .collect()
     }
 
     /// Kills the processes, drops the database, deletes the Redis keys. Problems are

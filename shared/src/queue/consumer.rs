@@ -278,14 +278,17 @@ impl Consumer {
         Ok(())
     }
 
-    /// The block to use: capped by the connection kind, and cut short when a delayed job is due.
+    /// The block to use: capped by the connection kind, cut short when a known delayed job is
+    /// due, and never longer than the promotion period, so a delayed job enqueued by anyone
+    /// while this consumer blocks is promoted within about `PROMOTE_EVERY` (a 200 ms retry
+    /// runs after about 200–450 ms, not after the whole block).
     fn effective_block(&self, block: Duration) -> Duration {
         let cap = if self.inner.reader.is_some() {
             MAX_BLOCK
         } else {
             SHARED_MAX_BLOCK
         };
-        let mut block = block.min(cap);
+        let mut block = block.min(cap).min(PROMOTE_EVERY);
         let t = self.inner.timers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(due) = t.next_due {
             block = block.min(due.saturating_duration_since(Instant::now()));

@@ -280,7 +280,15 @@ async fn a_deleted_stream_and_group_are_recreated_under_a_blocked_consumer() {
 
     let blocked = {
         let c = c.clone();
-        tokio::spawn(async move { c.fetch(1, Duration::from_secs(3)).await })
+        // Like the backend: keep fetching (each read blocks at most the promotion period).
+        tokio::spawn(async move {
+            loop {
+                let got = c.fetch(1, Duration::from_secs(3)).await?;
+                if !got.is_empty() {
+                    return Ok::<_, crate::queue::QueueError>(got);
+                }
+            }
+        })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut conn = t.admin.clone();

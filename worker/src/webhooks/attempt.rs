@@ -48,16 +48,30 @@ pub(super) async fn load(db: &PgPool, id: Uuid) -> Result<Option<Delivery>, sqlx
     .await
 }
 
-/// Takes the next attempt number, unless another worker took it first.
-pub(super) async fn claim(db: &PgPool, id: Uuid, seen: i32) -> Result<Option<i32>, sqlx::Error> {
-    sqlx::query_scalar(
-        "UPDATE webhook_deliveries SET attempts = attempts + 1, updated_at = now()
-         WHERE id = $1 AND status = 'pending' AND attempts = $2 RETURNING attempts",
+/// Takes the next attempt number, unless another worker took it first, and logs the attempt
+/// at once (as unanswered), so an attempt cut off by a crash still shows. Returns the number
+/// and the attempt row to complete.
+pub(super) async fn claim(
+    db: &PgPool,
+    id: Uuid,
+    seen: i32,
+) -> Result<Option<(i32, Uuid)>, sqlx::Error> {
+    let row = Uuid::now_v7();
+    let number: Option<i32> = sqlx::query_scalar(
+        "WITH c AS (
+            UPDATE webhook_deliveries SET attempts = attempts + 1, updated_at = now()
+            WHERE id = $1 AND status = 'pending' AND attempts = $2 RETURNING id, attempts
+         )
+         INSERT INTO webhook_attempts (id, delivery_id, attempt, started_at, latency_ms, error)
+         SELECT $3, id, attempts, now(), 0, 'no answer recorded: the worker stopped during the attempt' FROM c
+         RETURNING attempt",
     )
     .bind(id)
     .bind(seen)
+    .bind(row)
     .fetch_optional(db)
-    .await
+    .await?;
+    Ok(number.map(|n| (n, row)))
 }
 
 /// What the receiver did.

@@ -78,9 +78,9 @@ pub(crate) async fn handle(ctx: &Ctx, job: DeliveryJob) -> Result<(), JobError> 
             .map_err(|e| JobError::Queue(e.to_string()))?;
         return Ok(());
     };
-    let Some(number) = attempt::claim(&ctx.db, d.id, d.attempts).await? else {
+    let Some((number, row)) = attempt::claim(&ctx.db, d.id, d.attempts).await? else {
         return Ok(());
     };
     let result = attempt::send(ctx, &d).await;
-    outcome::record(ctx, &d, number, result).await
+    outcome::record(ctx, &d, number, row, result).await
 }

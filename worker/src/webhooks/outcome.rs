@@ -16,15 +16,14 @@ pub(super) async fn record(
     ctx: &Ctx,
     d: &Delivery,
     number: i32,
+    row: Uuid,
     sent: Sent,
 ) -> Result<(), JobError> {
     sqlx::query(
-        "INSERT INTO webhook_attempts (id, delivery_id, attempt, started_at, status_code, latency_ms, response_body, error)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "UPDATE webhook_attempts SET started_at = $2, status_code = $3, latency_ms = $4, response_body = $5, error = $6
+         WHERE id = $1",
     )
-    .bind(Uuid::now_v7())
-    .bind(d.id)
-    .bind(number)
+    .bind(row)
     .bind(sent.started_at)
     .bind(sent.status.map(i32::from))
     .bind(sent.latency_ms)
@@ -55,8 +54,13 @@ pub(super) async fn record(
         .clone()
         .unwrap_or_else(|| format!("answered {}", sent.status.unwrap_or(0)));
     if sent.status == Some(410) {
-        fail(&ctx.db, d.id, code, &error).await?;
-        disable(&ctx.db, d, "the endpoint answered 410 Gone").await?;
+        disable(
+            &ctx.db,
+            d,
+            "the endpoint answered 410 Gone",
+            Some((code, &error)),
+        )
+        .await?;
         return Ok(());
     }
     let mut wait = ctx.config.retry_schedule.delay_before(number as usize + 1);
@@ -93,7 +97,7 @@ pub(super) async fn record(
     if let Some(since) = streak {
         let limit = chrono::Duration::from_std(ctx.config.disable_after).unwrap_or_default();
         if Utc::now() - since >= limit {
-            disable(&ctx.db, d, "the endpoint kept failing").await?;
+            disable(&ctx.db, d, "the endpoint kept failing", None).await?;
         }
     }
     Ok(())
@@ -125,9 +129,26 @@ pub(super) async fn give_up(db: &PgPool, id: Uuid, why: &str) -> Result<(), sqlx
     fail(db, id, None, why).await
 }
 
-/// Disables the endpoint (once) and tells the team.
-async fn disable(db: &PgPool, d: &Delivery, why: &str) -> Result<(), sqlx::Error> {
+/// Disables the endpoint (once) and tells the team; with `failed`, also fails the delivery,
+/// in the same transaction.
+async fn disable(
+    db: &PgPool,
+    d: &Delivery,
+    why: &str,
+    failed: Option<(Option<i32>, &str)>,
+) -> Result<(), sqlx::Error> {
     let mut tx = db.begin().await?;
+    if let Some((code, error)) = failed {
+        sqlx::query(
+            "UPDATE webhook_deliveries SET status = 'failed', last_status_code = $2, last_error = $3,
+                    next_attempt_at = NULL, updated_at = now() WHERE id = $1 AND status = 'pending'",
+        )
+        .bind(d.id)
+        .bind(code)
+        .bind(error)
+        .execute(&mut *tx)
+        .await?;
+    }
     let done = sqlx::query(
         "UPDATE webhook_endpoints SET enabled = false, disabled_reason = $2, disabled_at = now(), updated_at = now()
          WHERE id = $1 AND enabled",
