@@ -7,9 +7,36 @@ use std::borrow::Cow;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 
 use crate::context::current_request_id;
+
+/// The error envelope: the body of every 4xx and 5xx answer (the OpenAPI `Error` schema).
+#[derive(Serialize, ToSchema)]
+#[schema(as = Error)]
+pub(crate) struct Envelope<'a> {
+    /// What went wrong, for a person.
+    #[schema(example = "Agent not found")]
+    message: &'a str,
+    /// The status's reason phrase.
+    #[schema(example = "Not Found")]
+    error: &'a str,
+    /// Stable machine-readable code, e.g. `not_found`, `validation_failed`, `insufficient_scope`.
+    #[schema(example = "not_found")]
+    code: &'a str,
+    /// The HTTP status, as in the status line.
+    #[serde(rename = "statusCode")]
+    #[schema(minimum = 400, maximum = 599, example = 404)]
+    status_code: u16,
+    /// The request id (also in `X-Request-Id`); quote it when reporting a problem.
+    request_id: &'a str,
+    /// More about the error, e.g. `{"field": "name", "problem": "..."}` for a validation error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    details: Option<&'a Value>,
+}
 
 /// Marks a response whose body already is the envelope.
 #[derive(Clone, Copy)]
@@ -142,17 +169,15 @@ impl ApiError {
 
     /// The envelope for this error under `request_id`.
     pub(crate) fn envelope(&self, request_id: &str) -> Value {
-        let mut body = json!({
-            "message": self.message,
-            "error": self.status.canonical_reason().unwrap_or("Error"),
-            "code": self.code,
-            "statusCode": self.status.as_u16(),
-            "request_id": request_id,
-        });
-        if let Some(d) = &self.details {
-            body["details"] = d.clone();
-        }
-        body
+        let body = Envelope {
+            message: &self.message,
+            error: self.status.canonical_reason().unwrap_or("Error"),
+            code: &self.code,
+            status_code: self.status.as_u16(),
+            request_id,
+            details: self.details.as_ref(),
+        };
+        serde_json::to_value(body).unwrap_or_default()
     }
 }
 

@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -19,6 +18,7 @@ pub mod context;
 pub mod error;
 pub mod extract;
 pub mod hub;
+pub mod openapi;
 pub mod state;
 
 mod agents;
@@ -167,27 +167,11 @@ impl App {
     }
 }
 
-/// Every route, with the layers that give each response its request id and envelope.
+/// Every route, with the layers that give each response its request id and envelope. The
+/// routes and the OpenAPI document come from one declaration (see [`openapi`]).
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.body_limit;
-    let v1 = Router::new()
-        .merge(keys::routes())
-        .merge(audit_logs::routes())
-        .merge(agents::routes())
-        .merge(triggers::routes())
-        .merge(runs::routes())
-        .merge(usage::routes())
-        .merge(approvals::routes())
-        .merge(notifications::routes())
-        .merge(webhooks::routes())
-        .merge(inbound::routes())
-        .merge(request_logs::routes());
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .nest("/api/v1", v1)
-        .merge(inbound::receive::routes(state.config.inbound_body_limit))
+    openapi::router(state.config.inbound_body_limit)
         .fallback(|| async { ApiError::from_status(axum::http::StatusCode::NOT_FOUND) })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::new())

@@ -19,8 +19,9 @@ use crate::state::AppState;
 const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A limit as set on a key, a team or an agent.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = RateLimit)]
 pub struct Limit {
     /// Requests per minute (None: no minute limit at this level).
     pub per_minute: Option<u32>,
@@ -242,6 +243,8 @@ pub async fn check(
     Err((err, headers))
 }
 
+// The refusal carries its headers with it; it is built at most once per request.
+#[allow(clippy::result_large_err)]
 fn redis_down(
     state: &AppState,
     why: &str,

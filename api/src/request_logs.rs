@@ -7,13 +7,15 @@
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use agentq_shared::ids::{AgentId, ApiKeyId, TeamId};
@@ -29,7 +31,8 @@ const BATCH: usize = 500;
 const CHANNEL: usize = 20_000;
 
 /// One request, as logged.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+#[schema(as = RequestLog)]
 pub struct LogLine {
     /// Line id.
     pub id: Uuid,
@@ -193,6 +196,12 @@ pub fn redacted_body(bytes: &[u8], content_type: Option<&str>, cap: usize) -> Op
     } else {
         String::from_utf8_lossy(bytes).into_owned()
     };
+    // Postgres text cannot hold NUL; one such line would fail its whole batch.
+    let text = if text.contains('\0') {
+        text.replace('\0', "\u{fffd}")
+    } else {
+        text
+    };
     let mut end = text.len().min(cap);
     while !text.is_char_boundary(end) {
         end -= 1;
@@ -201,23 +210,40 @@ pub fn redacted_body(bytes: &[u8], content_type: Option<&str>, cap: usize) -> Op
 }
 
 /// Routes under `/api/v1`.
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new().route("/request-logs", get(search))
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(search))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct Query {
+    /// Requests at or after this time (RFC 3339).
     from: Option<DateTime<Utc>>,
+    /// Requests before this time (RFC 3339).
     to: Option<DateTime<Utc>>,
+    /// Only this key's requests.
+    #[param(value_type = Option<Uuid>)]
     key_id: Option<ApiKeyId>,
+    /// Only requests aimed at this agent.
+    #[param(value_type = Option<Uuid>)]
     agent_id: Option<AgentId>,
+    /// Only this response status.
     status: Option<i32>,
+    /// Text to find in the path or the (redacted) body, at most 200 characters.
     q: Option<String>,
+    /// Page size, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
+/// Searches the team's request logs, newest first.
+///
+/// Scope: `request_logs:read`. Bodies are kept up to a cap, with secret fields redacted.
+#[utoipa::path(get, path = "/request-logs", operation_id = "searchRequestLogs", tag = "logs", params(Query),
+    responses((status = 200, description = "A page of logged requests.", body = Page<LogLine>)))]
 async fn search(
     State(state): State<AppState>,
     auth: Auth,
@@ -287,5 +313,9 @@ mod tests {
         assert_eq!(form, "user=a&token=[REDACTED]&x=1");
         assert_eq!(redacted_body("éééé".as_bytes(), None, 3).unwrap(), "é");
         assert_eq!(redacted_body(b"", None, 10), None);
+        assert_eq!(
+            redacted_body(b"a\0b", Some("text/plain"), 10).unwrap(),
+            "a\u{fffd}b"
+        );
     }
 }

@@ -7,52 +7,93 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
-use serde::Deserialize;
+use axum::Json;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use agentq_shared::ids::AgentId;
+use agentq_shared::ids::{AgentId, RunId};
 use agentq_shared::runs::create::{self, CreateError, Created, Idempotency, NewRun};
 use agentq_shared::runs::{self, Run};
 use agentq_shared::scopes::Scope;
 
 use crate::auth::Auth;
-use crate::error::ApiError;
+use crate::error::{ApiError, Envelope};
 use crate::extract::{ApiJson, ApiPath};
 use crate::runs::events;
 use crate::state::AppState;
 
 /// Routes under `/api/v1`.
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/agents/{id}/signals", post(signal))
-        .route("/agents/{id}/runs", post(start_run))
-        .route("/agents/{id}/chat", post(chat))
-        .route("/agents/{id}/chat/stream", post(chat_stream))
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(signal))
+        .routes(routes!(start_run))
+        .routes(routes!(chat))
+        .routes(routes!(chat_stream))
 }
 
-#[derive(Deserialize)]
+/// `POST /agents/{id}/signals`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SignalBody {
+    /// The signal's type, 1 to 200 characters (trimmed).
     #[serde(rename = "type")]
+    #[schema(example = "order.created", min_length = 1, max_length = 200)]
     kind: String,
+    /// Any JSON (default `null`).
     #[serde(default)]
+    #[schema(example = json!({"order_id": 42}))]
     payload: Value,
 }
 
-#[derive(Deserialize)]
+/// `POST /agents/{id}/runs`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RunBody {
+    /// The run's input, any JSON (default `null`).
     #[serde(default)]
+    #[schema(example = "Summarise today's tickets")]
     input: Value,
 }
 
-#[derive(Deserialize)]
+/// `POST /agents/{id}/chat` and `/chat/stream`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ChatBody {
+    /// The user's message, not empty.
+    #[schema(example = "Hello!", min_length = 1)]
     message: String,
+    /// Longest to wait for the reply (capped by the server's chat timeout, 30 s by default).
     timeout_seconds: Option<u64>,
+}
+
+/// The reply to a chat whose run ended in time.
+#[derive(Serialize, ToSchema)]
+struct ChatReply {
+    /// The run.
+    run_id: RunId,
+    /// Its final status: `succeeded`, `failed`, `cancelled` or `timed_out`.
+    #[schema(value_type = agentq_shared::runs::RunStatus)]
+    status: String,
+    /// The agent's reply.
+    output: Option<String>,
+    /// Why the run failed, if it did.
+    error: Option<String>,
+}
+
+/// A chat whose run had not ended in time: follow it at `/runs/{run_id}`.
+#[derive(Serialize, ToSchema)]
+struct ChatPending {
+    /// The run.
+    run_id: RunId,
+    /// Its status now, e.g. `queued` or `running`.
+    #[schema(value_type = agentq_shared::runs::RunStatus)]
+    status: String,
+    /// Always `null`.
+    #[schema(value_type = Option<String>)]
+    output: Option<Value>,
 }
 
 /// A trigger's kind, body and what it records.
@@ -126,6 +167,17 @@ fn accepted(created: Created) -> (StatusCode, Json<Run>) {
     (StatusCode::ACCEPTED, Json(run))
 }
 
+/// Sends a signal to an agent: records a run (type `signal`), queues it, answers at once.
+///
+/// Scope: `signals:write`. With an `Idempotency-Key`, a retry answers the same run; the same
+/// key with a different body is 409 `idempotency_key_reused`.
+#[utoipa::path(post, path = "/agents/{id}/signals", operation_id = "sendSignal", tag = "triggers",
+    params(("id" = Uuid, Path, description = "The agent's id."), ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters; a retry with the same key and body answers the same run.")),
+    request_body = SignalBody,
+    responses(
+        (status = 202, description = "The run, queued.", body = Run),
+        (status = 409, description = "`idempotency_key_reused`: the key was used with a different request.", body = Envelope),
+    ))]
 async fn signal(
     State(state): State<AppState>,
     auth: Auth,
@@ -151,6 +203,16 @@ async fn signal(
     Ok(accepted(trigger(&state, &auth, id, &headers, t).await?))
 }
 
+/// Starts a run of an agent with an input: records it (type `api`), queues it, answers at once.
+///
+/// Scope: `signals:write`. Idempotent with an `Idempotency-Key`, as for signals.
+#[utoipa::path(post, path = "/agents/{id}/runs", operation_id = "startRun", tag = "triggers",
+    params(("id" = Uuid, Path, description = "The agent's id."), ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters; a retry with the same key and body answers the same run.")),
+    request_body = RunBody,
+    responses(
+        (status = 202, description = "The run, queued.", body = Run),
+        (status = 409, description = "`idempotency_key_reused`: the key was used with a different request.", body = Envelope),
+    ))]
 async fn start_run(
     State(state): State<AppState>,
     auth: Auth,
@@ -181,6 +243,18 @@ fn chat_trigger(body: &ChatBody) -> Result<Trigger, ApiError> {
     })
 }
 
+/// Chats with an agent: starts a run (type `chat`) and waits for its reply.
+///
+/// Scope: `signals:write`. Answers 200 with the reply when the run ends within the timeout,
+/// else 202 with the run's id and status. Idempotent with an `Idempotency-Key`.
+#[utoipa::path(post, path = "/agents/{id}/chat", operation_id = "chat", tag = "triggers",
+    params(("id" = Uuid, Path, description = "The agent's id."), ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters; a retry with the same key and body answers the same run.")),
+    request_body = ChatBody,
+    responses(
+        (status = 200, description = "The run ended in time.", body = ChatReply),
+        (status = 202, description = "Still going: follow the run.", body = ChatPending),
+        (status = 409, description = "`idempotency_key_reused`: the key was used with a different request.", body = Envelope),
+    ))]
 async fn chat(
     State(state): State<AppState>,
     auth: Auth,
@@ -203,18 +277,39 @@ async fn chat(
             .await?
             .ok_or_else(|| ApiError::not_found("Run"))?;
         if run.status().is_terminal() {
-            let body = json!({"run_id": run.id, "status": run.status, "output": run.output, "error": run.error});
+            let body = ChatReply {
+                run_id: run.id,
+                status: run.status,
+                output: run.output,
+                error: run.error,
+            };
             return Ok((StatusCode::OK, Json(body)).into_response());
         }
         let now = tokio::time::Instant::now();
         if now >= deadline {
-            let body = json!({"run_id": run.id, "status": run.status, "output": null});
+            let body = ChatPending {
+                run_id: run.id,
+                status: run.status,
+                output: None,
+            };
             return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
         }
         sub.wait((deadline - now).min(Duration::from_secs(1))).await;
     }
 }
 
+/// Chats with an agent and streams its run as server-sent events.
+///
+/// Scope: `signals:write`. Events: `step` (`id` is the step's sequence, `data` a `Step`),
+/// then `done` (`data` has `run_id`, `status`, `output`, `error`). Reconnect to
+/// `/runs/{run_id}/events` with `Last-Event-ID` to continue.
+#[utoipa::path(post, path = "/agents/{id}/chat/stream", operation_id = "chatStream", tag = "triggers",
+    params(("id" = Uuid, Path, description = "The agent's id."), ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters; a retry with the same key and body answers the same run.")),
+    request_body = ChatBody,
+    responses(
+        (status = 200, description = "The event stream.", content_type = "text/event-stream", body = String),
+        (status = 409, description = "`idempotency_key_reused`: the key was used with a different request.", body = Envelope),
+    ))]
 async fn chat_stream(
     State(state): State<AppState>,
     auth: Auth,

@@ -102,37 +102,6 @@ fn latest_missed(schedule: &Schedule, first: DateTime<Utc>, now: DateTime<Utc>) 
     first
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_latest_missed_fire_is_found_quickly_after_a_long_outage() {
-        let every_2s = Schedule::parse("*/2 * * * * *", "UTC").unwrap();
-        let now: DateTime<Utc> = "2026-06-01T12:00:01Z".parse().unwrap();
-        let first: DateTime<Utc> = "2026-05-01T00:00:00Z".parse().unwrap();
-        let started = std::time::Instant::now();
-        assert_eq!(
-            latest_missed(&every_2s, first, now),
-            "2026-06-01T12:00:00Z".parse::<DateTime<Utc>>().unwrap()
-        );
-        assert!(
-            started.elapsed() < std::time::Duration::from_millis(500),
-            "{:?}",
-            started.elapsed()
-        );
-        let daily = Schedule::parse("0 7 * * *", "UTC").unwrap();
-        let first: DateTime<Utc> = "2026-05-20T07:00:00Z".parse().unwrap();
-        assert_eq!(
-            latest_missed(&daily, first, now),
-            "2026-06-01T07:00:00Z".parse::<DateTime<Utc>>().unwrap()
-        );
-        // Only one missed fire: it is the one.
-        let first: DateTime<Utc> = "2026-06-01T07:00:00Z".parse().unwrap();
-        assert_eq!(latest_missed(&daily, first, now), first);
-    }
-}
-
 /// Creates the run of one fire time; false if it already existed.
 async fn make_run(
     db: &PgPool,
@@ -174,4 +143,35 @@ async fn clear(db: &PgPool, agent: &Due) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_latest_missed_fire_is_found_quickly_after_a_long_outage() {
+        let every_2s = Schedule::parse("*/2 * * * * *", "UTC").unwrap();
+        let now: DateTime<Utc> = "2026-06-01T12:00:01Z".parse().unwrap();
+        let first: DateTime<Utc> = "2026-05-01T00:00:00Z".parse().unwrap();
+        let started = std::time::Instant::now();
+        assert_eq!(
+            latest_missed(&every_2s, first, now),
+            "2026-06-01T12:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+        let daily = Schedule::parse("0 7 * * *", "UTC").unwrap();
+        let first: DateTime<Utc> = "2026-05-20T07:00:00Z".parse().unwrap();
+        assert_eq!(
+            latest_missed(&daily, first, now),
+            "2026-06-01T07:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        // Only one missed fire: it is the one.
+        let first: DateTime<Utc> = "2026-06-01T07:00:00Z".parse().unwrap();
+        assert_eq!(latest_missed(&daily, first, now), first);
+    }
 }

@@ -86,7 +86,7 @@ pub async fn record(db: impl PgExecutor<'_>, e: AuditEntry<'_>) -> Result<(), sq
 }
 
 /// An audit entry as listed.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct AuditLog {
     /// Entry id.
     pub id: AuditLogId,

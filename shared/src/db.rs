@@ -12,7 +12,7 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
     PgPoolOptions::new()
         .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(10))
         // A ping before every checkout doubles the round trips; a broken connection is found
         // by the statement itself and replaced.
         .test_before_acquire(false)

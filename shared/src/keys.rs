@@ -129,7 +129,7 @@ impl std::str::FromStr for Lifetime {
 }
 
 /// An API key as stored (never the secret).
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ApiKey {
     /// Key id.
     pub id: ApiKeyId,
@@ -141,6 +141,7 @@ pub struct ApiKey {
     /// Display prefix (`aq_` + 8 characters).
     pub prefix: String,
     /// Scope strings.
+    #[schema(value_type = Vec<crate::scopes::Scope>)]
     pub scopes: Vec<String>,
     /// Agents the key is limited to; empty means all of the team's.
     pub agent_ids: Vec<Uuid>,
@@ -160,7 +161,9 @@ pub struct ApiKey {
 }
 
 /// A rate limit as stored on a key or a team: requests per minute and per day.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema,
+)]
 pub struct KeyRateLimit {
     /// Requests per minute.
     #[sqlx(rename = "rate_limit_per_minute")]

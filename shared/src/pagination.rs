@@ -65,7 +65,7 @@ impl Cursor {
 }
 
 /// One page of a list.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
     /// The rows.
     pub data: Vec<T>,

@@ -56,6 +56,21 @@ scopes! {
     RequestLogsRead => "request_logs:read",
 }
 
+// The OpenAPI schema: a string, one of the scopes' string forms.
+impl utoipa::PartialSchema for Scope {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(Scope::ALL.iter().map(|s| s.as_str())))
+            .description(Some(
+                "One permission of an API key; `all` grants every scope.",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Scope {}
+
 /// A scope string that is not one of [`Scope::ALL`].
 #[derive(Debug, thiserror::Error)]
 #[error("unknown scope '{0}'")]

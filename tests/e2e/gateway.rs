@@ -346,7 +346,7 @@ async fn requests_are_logged_searchable_and_redacted() {
         }
     };
     let line = eventually(Duration::from_secs(5), || async {
-        let page = search(format!("q=findme")).await;
+        let page = search("q=findme".to_owned()).await;
         page["data"].as_array().and_then(|d| d.first().cloned())
     })
     .await

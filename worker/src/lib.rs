@@ -105,14 +105,9 @@ pub async fn run(
 ) -> Result<(), WorkerError> {
     let config = Arc::new(config);
     let db =
-        // Enough connections for every job in flight plus heartbeats, whatever the default.
-        agentq_shared::db::connect(
-            &config.store.database_url,
-            config
-                .store
-                .db_max_connections
-                .max((config.concurrency + config.delivery_concurrency / 2 + 4) as u32),
-        )
+        // Jobs hold a connection only for each statement, so the pool can be smaller than the
+        // concurrency; AGENTQ_DB_MAX_CONNECTIONS sizes it.
+        agentq_shared::db::connect(&config.store.database_url, config.store.db_max_connections)
             .await?;
     let redis = redis_conn::connect(&config.store.redis_url).await?;
     let keys = Keys::new(config.store.redis_prefix.clone());

@@ -2,6 +2,7 @@
 
 use serde::Deserialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use agentq_shared::agents::config::{self, RuntimeConfig};
 use agentq_shared::agents::{Agent, Limits};
@@ -11,51 +12,107 @@ use agentq_shared::schedule::{self, Schedule};
 use crate::error::ApiError;
 
 /// `POST /agents`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateAgent {
+    /// 1 to 200 characters (trimmed).
+    #[schema(example = "support triage", min_length = 1, max_length = 200)]
     name: String,
+    /// At most 2000 characters.
+    #[schema(max_length = 2000)]
     description: Option<String>,
+    /// How the agent runs.
+    #[schema(value_type = Runtime)]
     runtime: String,
+    /// The runtime's configuration, validated for it with errors naming the field.
+    #[schema(value_type = super::config_doc::ConfigDoc, example = json!({"steps": [{"reply": "Got {{input}}"}]}))]
     config: Value,
+    /// Cron expression (5 or 6 fields) to run on a schedule.
+    #[schema(example = "0 9 * * MON-FRI")]
     schedule: Option<String>,
+    /// IANA time zone of the schedule (default `UTC`).
+    #[schema(example = "Europe/Paris")]
     timezone: Option<String>,
+    /// Concurrency and duration limits (defaults 10 and 300).
     limits: Option<Limits>,
+    /// Approval policy: which tool calls wait for a person, for how long, and what a
+    /// rejection or an expiry does, e.g. `{"tools": ["send_email"], "timeout_seconds": 3600,
+    /// "on_reject": "fail", "on_expire": "fail"}`.
+    #[schema(value_type = Option<Object>)]
     approval: Option<Value>,
+    /// Requests aimed at this agent, whatever the key.
     rate_limit: Option<RateLimit>,
 }
 
-/// Requests aimed at the agent, whatever the key.
-#[derive(Deserialize, Clone, Copy, Default, PartialEq)]
+/// An agent's runtime: `scripted` (steps in its config) or `http` (runs POSTed to a URL).
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)] // Documents the strings `config::validate` accepts.
+pub(super) enum Runtime {
+    /// Steps in the config: replies, tool calls, sleeps, failures.
+    Scripted,
+    /// Each run is POSTed, signed, to the config's URL.
+    Http,
+}
+
+/// Requests aimed at the agent per minute and per day, whatever the key (1 to 100000000 each).
+#[derive(Deserialize, Clone, Copy, Default, PartialEq, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = AgentRateLimit)]
 pub(super) struct RateLimit {
+    /// Requests per minute.
+    #[schema(minimum = 1, maximum = 100_000_000)]
     pub(super) per_minute: Option<i32>,
+    /// Requests per day.
+    #[schema(minimum = 1, maximum = 100_000_000)]
     pub(super) per_day: Option<i32>,
 }
 
-/// `PATCH /agents/{id}`: every field optional; `null` clears description and schedule.
-#[derive(Deserialize)]
+/// `PATCH /agents/{id}`: every field optional; `null` clears description, schedule,
+/// approval and rate_limit. Changing `runtime` needs a `config` for it.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct UpdateAgent {
+    /// 1 to 200 characters (trimmed).
+    #[schema(min_length = 1, max_length = 200)]
     name: Option<String>,
+    /// At most 2000 characters; `null` clears it.
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>, max_length = 2000)]
     description: Option<Option<String>>,
+    /// A new runtime (give its `config` too).
+    #[schema(value_type = Option<Runtime>)]
     runtime: Option<String>,
+    /// The runtime's configuration (needed when `runtime` changes).
+    #[schema(value_type = Option<super::config_doc::ConfigDoc>)]
     config: Option<Value>,
+    /// Cron expression; `null` removes the schedule.
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
     schedule: Option<Option<String>>,
+    /// IANA time zone of the schedule.
     timezone: Option<String>,
+    /// Either limit, or both.
     limits: Option<PartialLimits>,
+    /// Approval policy (see `POST /agents`); `null` removes it.
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<Object>)]
     approval: Option<Option<Value>>,
+    /// The agent's rate limit; `null` removes it.
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<RateLimit>)]
     rate_limit: Option<Option<RateLimit>>,
 }
 
-#[derive(Deserialize)]
+/// Limits to change; the others stay.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PartialLimits {
+    /// Runs executing at once.
+    #[schema(minimum = 1, maximum = 10_000)]
     max_concurrent_runs: Option<i32>,
+    /// Longest a run may take, in seconds.
+    #[schema(minimum = 1, maximum = 86_400)]
     max_run_seconds: Option<i32>,
 }
 

@@ -3,14 +3,18 @@
 //! releases the runs held while paused, oldest first.
 
 mod body;
+mod config_doc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use agentq_shared::agents::{self, Agent, AGENT_COLUMNS};
+use agentq_shared::agents::{self, Agent, AgentView, AGENT_COLUMNS};
 use agentq_shared::audit::{self, AuditEntry};
 use agentq_shared::ids::{AgentId, RunId};
 use agentq_shared::pagination::{Cursor, Page};
@@ -25,12 +29,21 @@ use crate::state::AppState;
 use body::{CreateAgent, UpdateAgent};
 
 /// Routes under `/api/v1`.
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/agents", get(list).post(create))
-        .route("/agents/{id}", get(show).patch(update).delete(remove))
-        .route("/agents/{id}/pause", post(pause))
-        .route("/agents/{id}/resume", post(resume))
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(show, update, remove))
+        .routes(routes!(pause))
+        .routes(routes!(resume))
+}
+
+/// A new agent: the agent and, this once, the secret that signs requests to it.
+#[derive(Serialize, ToSchema)]
+struct CreatedAgent<'a> {
+    #[serde(flatten)]
+    agent: AgentView<'a>,
+    /// Signs the requests agentq sends to an http agent (`whsec_...`). Shown only now.
+    signing_secret: String,
 }
 
 /// The agent as answered.
@@ -52,6 +65,11 @@ pub(crate) async fn visible_agent(
         .ok_or_else(|| ApiError::not_found("Agent"))
 }
 
+/// Creates an agent. Its config is validated for its runtime, with errors naming the field.
+///
+/// Scope: `agents:write`. A key limited to some agents cannot create agents (403).
+#[utoipa::path(post, path = "/agents", operation_id = "createAgent", tag = "agents", request_body = CreateAgent,
+    responses((status = 201, description = "Created; `signing_secret` is shown only now.", body = CreatedAgent)))]
 async fn create(
     State(state): State<AppState>,
     auth: Auth,
@@ -93,8 +111,11 @@ async fn create(
     let outbox = record_change(&mut tx, &auth, &agent, "agent.created").await?;
     tx.commit().await?;
     outbox.send(&state.queues.deliveries).await;
-    let mut out = agent_json(&agent);
-    out["signing_secret"] = Value::String(secret);
+    let out = CreatedAgent {
+        agent: agent.view(),
+        signing_secret: secret,
+    };
+    let out = serde_json::to_value(out).map_err(ApiError::internal)?;
     Ok((StatusCode::CREATED, Json(out)))
 }
 
@@ -133,13 +154,22 @@ async fn record_change(
     Ok(outbox)
 }
 
-#[derive(serde::Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Page size, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
+/// Lists the team's agents, newest first (a key limited to some agents sees only those).
+///
+/// Scope: `agents:read`.
+#[utoipa::path(get, path = "/agents", operation_id = "listAgents", tag = "agents", params(ListQuery),
+    responses((status = 200, description = "A page of agents.", body = Page<AgentView>)))]
 async fn list(
     State(state): State<AppState>,
     auth: Auth,
@@ -154,6 +184,11 @@ async fn list(
     }))
 }
 
+/// One agent.
+///
+/// Scope: `agents:read`.
+#[utoipa::path(get, path = "/agents/{id}", operation_id = "getAgent", tag = "agents", params(("id" = Uuid, Path, description = "The agent's id.")),
+    responses((status = 200, description = "The agent.", body = AgentView)))]
 async fn show(
     State(state): State<AppState>,
     auth: Auth,
@@ -163,6 +198,12 @@ async fn show(
     Ok(Json(agent_json(&visible_agent(&state, &auth, id).await?)))
 }
 
+/// Changes an agent; absent fields stay, `null` clears the nullable ones.
+///
+/// Scope: `agents:write`. A schedule change takes effect at once.
+#[utoipa::path(patch, path = "/agents/{id}", operation_id = "updateAgent", tag = "agents", params(("id" = Uuid, Path, description = "The agent's id.")),
+    request_body = UpdateAgent,
+    responses((status = 200, description = "The agent as updated.", body = AgentView)))]
 async fn update(
     State(state): State<AppState>,
     auth: Auth,
@@ -208,6 +249,12 @@ async fn update(
     Ok(Json(agent_json(&agent)))
 }
 
+/// Deletes an agent. Its queued runs and pending approvals are cancelled; running runs
+/// finish; its runs stay readable.
+///
+/// Scope: `agents:write`.
+#[utoipa::path(delete, path = "/agents/{id}", operation_id = "deleteAgent", tag = "agents", params(("id" = Uuid, Path, description = "The agent's id.")),
+    responses((status = 204, description = "Deleted.")))]
 async fn remove(
     State(state): State<AppState>,
     auth: Auth,
@@ -247,6 +294,11 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Pauses an agent: new runs are held (not started) and its schedule stops until resumed.
+///
+/// Scope: `agents:write`.
+#[utoipa::path(post, path = "/agents/{id}/pause", operation_id = "pauseAgent", tag = "agents", params(("id" = Uuid, Path, description = "The agent's id.")),
+    responses((status = 200, description = "The agent, `status: paused`.", body = AgentView)))]
 async fn pause(
     State(state): State<AppState>,
     auth: Auth,
@@ -257,6 +309,12 @@ async fn pause(
     Ok(Json(agent_json(&agent)))
 }
 
+/// Resumes an agent: held runs are released oldest first, as slots allow; the schedule goes
+/// on from its next fire time.
+///
+/// Scope: `agents:write`.
+#[utoipa::path(post, path = "/agents/{id}/resume", operation_id = "resumeAgent", tag = "agents", params(("id" = Uuid, Path, description = "The agent's id.")),
+    responses((status = 200, description = "The agent, `status: active`.", body = AgentView)))]
 async fn resume(
     State(state): State<AppState>,
     auth: Auth,

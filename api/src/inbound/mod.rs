@@ -9,12 +9,14 @@ mod verify;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use agentq_shared::audit::{self, AuditEntry};
@@ -40,34 +42,102 @@ const SCHEMES: &[&str] = &[
 ];
 
 /// Routes under `/api/v1`.
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/agents/{id}/inbound-webhooks", get(list).post(create))
-        .route(
-            "/agents/{id}/inbound-webhooks/{hook_id}",
-            get(show).patch(update).delete(remove),
-        )
-        .route(
-            "/agents/{id}/inbound-webhooks/{hook_id}/events",
-            get(events),
-        )
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(show, update, remove))
+        .routes(routes!(events))
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+/// An inbound webhook as stored (never its secret or token; see [`Shown`]).
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 struct Hook {
+    /// Hook id.
     id: Uuid,
+    /// The agent it starts.
     agent_id: AgentId,
     #[serde(skip)]
     token: String,
+    /// How deliveries are verified.
+    #[schema(value_type = Scheme)]
     scheme: String,
+    /// The signature header (`hmac_sha256` only).
     header_name: Option<String>,
+    /// Text before the signature in that header, e.g. `sha256=` (`hmac_sha256` only).
     signature_prefix: Option<String>,
+    /// How the signature is written (`hmac_sha256` only).
+    #[schema(value_type = Option<Encoding>)]
     encoding: Option<String>,
+    /// Largest accepted age of a signed timestamp, in seconds.
     tolerance_seconds: i32,
+    /// Free text.
     description: Option<String>,
+    /// Disabled hooks answer 404.
     enabled: bool,
+    /// Created at.
     created_at: DateTime<Utc>,
+    /// Last change.
     updated_at: DateTime<Utc>,
+}
+
+/// An inbound webhook as answered: with the public URL to give the provider.
+#[derive(Serialize, ToSchema)]
+#[schema(as = InboundWebhook)]
+struct Shown<'a> {
+    #[serde(flatten)]
+    hook: &'a Hook,
+    /// Where the provider sends events: `{AGENTQ_PUBLIC_URL or this host}/hooks/{token}`.
+    #[schema(
+        example = "https://agentq.example.com/hooks/3XbM0yqk2Vw8LrT9zN4pC7sJd1Fh6Ga5Ke0Ui2Ro"
+    )]
+    url: String,
+    /// A generated `standard` secret: on creation only, when none was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<String>,
+}
+
+/// How an inbound webhook's deliveries are verified.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)] // Documents `SCHEMES`.
+enum Scheme {
+    /// Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature`).
+    Standard,
+    /// `X-Hub-Signature-256`.
+    Github,
+    /// `Stripe-Signature`.
+    Stripe,
+    /// `X-Slack-Signature` with `X-Slack-Request-Timestamp`.
+    Slack,
+    /// `X-Shopify-Hmac-Sha256`.
+    Shopify,
+    /// HMAC-SHA256 of the body in a header you name.
+    HmacSha256,
+    /// No verification: anyone with the URL can start the agent.
+    None,
+}
+
+/// How an `hmac_sha256` signature is written.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)] // Documents the encodings `check` accepts.
+enum Encoding {
+    /// Hexadecimal.
+    Hex,
+    /// Base64.
+    Base64,
+}
+
+/// The list query.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    /// Page size, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
+    limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
 }
 
 const COLUMNS: &str =
@@ -86,10 +156,12 @@ fn public_url(state: &AppState, headers: &HeaderMap, token: &str) -> String {
     format!("{base}/hooks/{token}")
 }
 
-fn hook_json(state: &AppState, headers: &HeaderMap, h: &Hook) -> Value {
-    let mut v = serde_json::to_value(h).unwrap_or(Value::Null);
-    v["url"] = Value::String(public_url(state, headers, &h.token));
-    v
+fn shown<'a>(state: &AppState, headers: &HeaderMap, hook: &'a Hook) -> Shown<'a> {
+    Shown {
+        hook,
+        url: public_url(state, headers, &hook.token),
+        secret: None,
+    }
 }
 
 fn new_token() -> String {
@@ -100,27 +172,51 @@ fn new_token() -> String {
         .collect()
 }
 
-#[derive(Deserialize)]
+/// `POST /agents/{id}/inbound-webhooks`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = CreateInboundWebhook)]
 struct CreateBody {
+    /// How deliveries are verified.
+    #[schema(value_type = Scheme)]
     scheme: String,
+    /// The provider's signing secret, 1 to 1000 characters: required except for `none` (which
+    /// has none) and `standard` (generated when absent, `whsec_` + base64 when given).
     secret: Option<String>,
+    /// Free text.
     description: Option<String>,
+    /// `hmac_sha256` only (required there): the header carrying the signature.
     header_name: Option<String>,
+    /// `hmac_sha256` only: text before the signature, e.g. `sha256=`.
     signature_prefix: Option<String>,
+    /// `hmac_sha256` only: `hex` (default) or `base64`.
+    #[schema(value_type = Option<Encoding>)]
     encoding: Option<String>,
+    /// Largest accepted age of a signed timestamp, in seconds (default 300).
+    #[schema(minimum = 1, maximum = 86_400)]
     tolerance_seconds: Option<i32>,
 }
 
-#[derive(Deserialize)]
+/// `PATCH /agents/{id}/inbound-webhooks/{hook_id}`: every field optional; the scheme stays.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = UpdateInboundWebhook)]
 struct UpdateBody {
+    /// A new secret (not for `none`).
     secret: Option<String>,
+    /// Free text.
     description: Option<String>,
+    /// Disabled hooks answer 404 to the provider.
     enabled: Option<bool>,
+    /// `hmac_sha256` only.
     header_name: Option<String>,
+    /// `hmac_sha256` only.
     signature_prefix: Option<String>,
+    /// `hmac_sha256` only.
+    #[schema(value_type = Option<Encoding>)]
     encoding: Option<String>,
+    /// Largest accepted age of a signed timestamp, in seconds.
+    #[schema(minimum = 1, maximum = 86_400)]
     tolerance_seconds: Option<i32>,
 }
 
@@ -219,6 +315,12 @@ async fn audit_hook(
     .await
 }
 
+/// Creates an inbound webhook: a public URL through which a provider starts the agent.
+///
+/// Scope: `agents:write`. A generated `standard` secret is in this answer only.
+#[utoipa::path(post, path = "/agents/{id}/inbound-webhooks", operation_id = "createInboundWebhook", tag = "inbound webhooks",
+    params(("id" = Uuid, Path, description = "The agent's id.")), request_body = CreateBody,
+    responses((status = 201, description = "Created, with its `url`.", body = Shown)))]
 async fn create(
     State(state): State<AppState>,
     auth: Auth,
@@ -271,10 +373,11 @@ async fn create(
     )
     .await?;
     tx.commit().await?;
-    let mut out = hook_json(&state, &headers, &hook);
-    if let Some(secret) = generated {
-        out["secret"] = Value::String(secret);
-    }
+    let out = Shown {
+        secret: generated,
+        ..shown(&state, &headers, &hook)
+    };
+    let out = serde_json::to_value(out).map_err(ApiError::internal)?;
     Ok((StatusCode::CREATED, Json(out)))
 }
 
@@ -291,13 +394,12 @@ async fn one(state: &AppState, auth: &Auth, agent: AgentId, id: Uuid) -> Result<
     .ok_or_else(|| ApiError::not_found("Inbound webhook"))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    limit: Option<i64>,
-    cursor: Option<String>,
-}
-
+/// Lists an agent's inbound webhooks, newest first.
+///
+/// Scope: `agents:read`.
+#[utoipa::path(get, path = "/agents/{id}/inbound-webhooks", operation_id = "listInboundWebhooks", tag = "inbound webhooks",
+    params(("id" = Uuid, Path, description = "The agent's id."), ListQuery),
+    responses((status = 200, description = "A page of hooks.", body = Page<Shown>)))]
 async fn list(
     State(state): State<AppState>,
     auth: Auth,
@@ -323,12 +425,18 @@ async fn list(
         data: page
             .data
             .iter()
-            .map(|h| hook_json(&state, &headers, h))
+            .map(|h| serde_json::to_value(shown(&state, &headers, h)).unwrap_or_default())
             .collect(),
         next_cursor: page.next_cursor,
     }))
 }
 
+/// One inbound webhook.
+///
+/// Scope: `agents:read`.
+#[utoipa::path(get, path = "/agents/{id}/inbound-webhooks/{hook_id}", operation_id = "getInboundWebhook", tag = "inbound webhooks",
+    params(("id" = Uuid, Path, description = "The agent's id."), ("hook_id" = Uuid, Path, description = "The hook's id.")),
+    responses((status = 200, description = "The hook.", body = Shown)))]
 async fn show(
     State(state): State<AppState>,
     auth: Auth,
@@ -336,13 +444,18 @@ async fn show(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     auth.require(Scope::AgentsRead)?;
-    Ok(Json(hook_json(
-        &state,
-        &headers,
-        &one(&state, &auth, agent, id).await?,
-    )))
+    let hook = one(&state, &auth, agent, id).await?;
+    let out = serde_json::to_value(shown(&state, &headers, &hook)).map_err(ApiError::internal)?;
+    Ok(Json(out))
 }
 
+/// Changes an inbound webhook (secret, settings, enabled); the scheme stays.
+///
+/// Scope: `agents:write`.
+#[utoipa::path(patch, path = "/agents/{id}/inbound-webhooks/{hook_id}", operation_id = "updateInboundWebhook", tag = "inbound webhooks",
+    params(("id" = Uuid, Path, description = "The agent's id."), ("hook_id" = Uuid, Path, description = "The hook's id.")),
+    request_body = UpdateBody,
+    responses((status = 200, description = "The hook as updated.", body = Shown)))]
 async fn update(
     State(state): State<AppState>,
     auth: Auth,
@@ -393,9 +506,16 @@ async fn update(
     )
     .await?;
     tx.commit().await?;
-    Ok(Json(hook_json(&state, &headers, &hook)))
+    let out = serde_json::to_value(shown(&state, &headers, &hook)).map_err(ApiError::internal)?;
+    Ok(Json(out))
 }
 
+/// Deletes an inbound webhook; its URL answers 404 from now on.
+///
+/// Scope: `agents:write`.
+#[utoipa::path(delete, path = "/agents/{id}/inbound-webhooks/{hook_id}", operation_id = "deleteInboundWebhook", tag = "inbound webhooks",
+    params(("id" = Uuid, Path, description = "The agent's id."), ("hook_id" = Uuid, Path, description = "The hook's id.")),
+    responses((status = 204, description = "Deleted.")))]
 async fn remove(
     State(state): State<AppState>,
     auth: Auth,
@@ -413,16 +533,31 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+/// An event received through an inbound webhook.
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
+#[schema(as = InboundEvent)]
 struct Event {
+    /// Event id.
     id: Uuid,
+    /// The provider's delivery id, when it sends one (duplicates are dropped by it).
     delivery_id: Option<String>,
+    /// The request's headers worth keeping (never signatures or credentials).
+    #[schema(value_type = Object)]
     headers: Value,
+    /// The body: its JSON, or `{"raw": "..."}`.
     body: Value,
+    /// The run it started.
     run_id: Option<Uuid>,
+    /// When it arrived.
     received_at: DateTime<Utc>,
 }
 
+/// Lists the events a hook received, newest first.
+///
+/// Scope: `agents:read`.
+#[utoipa::path(get, path = "/agents/{id}/inbound-webhooks/{hook_id}/events", operation_id = "listInboundEvents", tag = "inbound webhooks",
+    params(("id" = Uuid, Path, description = "The agent's id."), ("hook_id" = Uuid, Path, description = "The hook's id."), ListQuery),
+    responses((status = 200, description = "A page of events.", body = Page<Event>)))]
 async fn events(
     State(state): State<AppState>,
     auth: Auth,

@@ -11,9 +11,12 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
+use serde::Serialize;
 use serde_json::{json, Map, Value};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use agentq_shared::audit::{self, Actor, AuditEntry, RequestMeta};
@@ -22,7 +25,7 @@ use agentq_shared::runs::create::{self, CreateError, Idempotency, NewRun};
 
 use super::verify::{self, Check, Refused};
 use crate::context::RequestContext;
-use crate::error::ApiError;
+use crate::error::{ApiError, Envelope};
 use crate::extract::ApiPath;
 use crate::limits;
 use crate::state::AppState;
@@ -44,10 +47,46 @@ const KEPT_HEADERS: &[&str] = &[
 ];
 
 /// The public route, with its own body limit.
-pub(crate) fn routes(body_limit: usize) -> Router<AppState> {
-    Router::new()
-        .route("/hooks/{token}", post(receive))
+pub(crate) fn routes(body_limit: usize) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(receive))
         .layer(DefaultBodyLimit::max(body_limit))
+}
+
+/// The answer to an accepted event.
+#[derive(Serialize, ToSchema)]
+#[schema(as = InboundAccepted)]
+struct Accepted {
+    /// The stored event.
+    event_id: Uuid,
+    /// The run it started.
+    run_id: Uuid,
+    /// `queued` when new.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "queued")]
+    status: Option<&'static str>,
+    /// `true` when this delivery id was received before (nothing new is started).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duplicate: Option<bool>,
+}
+
+/// A 200 answer: a delivery seen before, or Slack's URL verification.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[schema(as = InboundReplayed)]
+enum Replayed<'a> {
+    /// The event and run of the first delivery, `duplicate: true`.
+    Duplicate(Accepted),
+    /// Slack's challenge, echoed.
+    Challenge(Challenge<'a>),
+}
+
+/// Slack's URL verification, answered with its challenge.
+#[derive(Serialize, ToSchema)]
+#[schema(as = SlackChallenge)]
+struct Challenge<'a> {
+    /// Slack's challenge, echoed.
+    challenge: &'a str,
 }
 
 #[derive(sqlx::FromRow)]
@@ -91,6 +130,27 @@ async fn refuse(state: &AppState, hook: &Hook, ctx: &RequestContext, why: &str) 
     }
 }
 
+/// Receives an event for an inbound webhook: verifies it per the hook's scheme, stores it
+/// (deduplicated by the provider's delivery id), starts a run and answers 202 at once.
+///
+/// Public: the token in the URL and the signature authenticate it; no API key. Any body
+/// (JSON is kept as is, anything else as `{"raw": "..."}`), up to the inbound body limit.
+#[utoipa::path(post, path = "/hooks/{token}", operation_id = "receiveInboundWebhook", tag = "inbound webhooks", security(()),
+    params(("token" = String, Path, description = "The hook's token, from its `url`.")),
+    request_body(description = "The provider's event, signed per the hook's scheme.",
+        content((Value = "application/json"), (Object = "application/x-www-form-urlencoded"), (String = "text/plain"))),
+    responses(
+        (status = 202, description = "Stored; a run is queued.", body = Accepted),
+        (status = 200, description = "A duplicate delivery (`duplicate: true`, the run it started), or Slack's URL verification (`challenge`).",
+            body = Replayed),
+        (status = 401, description = "`signature_invalid` or `timestamp_stale`.", body = Envelope),
+        (status = 404, description = "`not_found`: no such hook, or it is disabled.", body = Envelope),
+        (status = 413, description = "`payload_too_large`.", body = Envelope),
+        (status = 429, description = "`rate_limited`: too many events from this IP or for this hook.", body = Envelope,
+            headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 503, description = "`unavailable`: the event could not be stored; retry.", body = Envelope,
+            headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ))]
 async fn receive(
     State(state): State<AppState>,
     Extension(ctx): Extension<Arc<RequestContext>>,
@@ -166,7 +226,7 @@ async fn receive(
             .filter(|v| v["type"] == "url_verification")
             .and_then(|v| v["challenge"].as_str())
         {
-            return Ok(Json(json!({"challenge": challenge})).into_response());
+            return Ok(Json(Replayed::Challenge(Challenge { challenge })).into_response());
         }
     }
     // Providers that put their delivery id in the body.
@@ -178,6 +238,7 @@ async fn receive(
             _ => None,
         }
     });
+    let delivery_id = delivery_id.map(|d| d.replace('\0', "\u{fffd}"));
     let kept: Map<String, Value> = KEPT_HEADERS
         .iter()
         .filter_map(|h| {
@@ -187,8 +248,27 @@ async fn receive(
                 .map(|v| ((*h).to_owned(), Value::String(v.to_owned())))
         })
         .collect();
-    let body_json = parsed.unwrap_or_else(|| json!({"raw": String::from_utf8_lossy(&body)}));
+    let mut body_json = parsed.unwrap_or_else(|| json!({"raw": String::from_utf8_lossy(&body)}));
+    // jsonb cannot hold NUL: keep the event, with U+FFFD in its place, rather than fail it.
+    without_nul(&mut body_json);
     store(&state, &hook, delivery_id, Value::Object(kept), body_json).await
+}
+
+/// Replaces NUL in every string and key with U+FFFD.
+fn without_nul(v: &mut Value) {
+    match v {
+        Value::String(s) if s.contains('\0') => *s = s.replace('\0', "\u{fffd}"),
+        Value::Array(a) => a.iter_mut().for_each(without_nul),
+        Value::Object(m) if m.keys().any(|k| k.contains('\0')) => {
+            let old = std::mem::take(m);
+            for (k, mut val) in old {
+                without_nul(&mut val);
+                m.insert(k.replace('\0', "\u{fffd}"), val);
+            }
+        }
+        Value::Object(m) => m.values_mut().for_each(without_nul),
+        _ => {}
+    }
 }
 
 async fn store(
@@ -225,7 +305,12 @@ async fn store(
             .await
             .map_err(unavailable)?;
             if let Some(run) = run {
-                let answer = json!({"event_id": id, "run_id": run, "duplicate": true});
+                let answer = Replayed::Duplicate(Accepted {
+                    event_id: id,
+                    run_id: run,
+                    status: None,
+                    duplicate: Some(true),
+                });
                 return Ok((StatusCode::OK, Json(answer)).into_response());
             }
             id
@@ -255,9 +340,11 @@ async fn store(
         .execute(&state.db)
         .await
         .map_err(unavailable)?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"event_id": event_id, "run_id": run, "status": "queued"})),
-    )
-        .into_response())
+    let answer = Accepted {
+        event_id,
+        run_id: run.0,
+        status: Some("queued"),
+        duplicate: None,
+    };
+    Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
 }

@@ -8,6 +8,7 @@
 //! - `shopify`: `X-Shopify-Hmac-Sha256: <base64 HMAC of body>`;
 //! - `hmac_sha256`: a configured header, optional prefix, hex or base64;
 //! - `none`: nothing to check (chosen explicitly).
+//!
 //! Timestamped schemes refuse requests outside the tolerance (replays).
 
 use axum::http::HeaderMap;

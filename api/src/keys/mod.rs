@@ -3,9 +3,11 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde::Deserialize;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use agentq_shared::ids::ApiKeyId;
@@ -20,32 +22,98 @@ use crate::ratelimit::Limit;
 use crate::state::AppState;
 
 /// Routes under `/api/v1`.
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api-keys", get(list).post(create))
-        .route("/api-keys/{id}", get(show).patch(update))
-        .route("/api-keys/{id}/revoke", post(revoke))
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(show, update))
+        .routes(routes!(revoke))
 }
 
-#[derive(Deserialize)]
+/// `POST /api-keys`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateKey {
+    /// 1 to 200 characters (trimmed).
+    #[schema(example = "deploy bot", min_length = 1, max_length = 200)]
     name: String,
+    /// At least one; only scopes the calling key holds itself.
+    #[schema(value_type = Vec<Scope>, min_items = 1, example = json!(["agents:read", "signals:write"]))]
     scopes: Vec<String>,
+    /// Limit the key to these agents (a limited caller must give a subset of its own).
     #[serde(default)]
     agent_ids: Vec<Uuid>,
+    /// Lifetime (default `never`).
+    #[schema(value_type = Option<Expires>)]
     expires: Option<String>,
+    /// The key's own rate limit (with no `plan`, or with `plan: custom`).
     rate_limit: Option<Limit>,
+    /// A preset rate limit, or `custom` with `rate_limit`.
+    #[schema(value_type = Option<Plan>)]
     plan: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// A key's lifetime.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documents the strings `Lifetime` parses.
+enum Expires {
+    /// 7 days.
+    #[schema(rename = "7d")]
+    Days7,
+    /// 30 days.
+    #[schema(rename = "30d")]
+    Days30,
+    /// 60 days.
+    #[schema(rename = "60d")]
+    Days60,
+    /// 90 days.
+    #[schema(rename = "90d")]
+    Days90,
+    /// One year.
+    #[schema(rename = "1y")]
+    Year,
+    /// No expiry.
+    #[schema(rename = "never")]
+    Never,
+}
+
+/// A rate-limit plan: `starter` (60/min, 10000/day), `pro` (300/min, 100000/day), or
+/// `custom` (the key's `rate_limit`).
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)] // Documents the strings `Limit::plan` knows.
+enum Plan {
+    /// 60 per minute, 10000 per day.
+    Starter,
+    /// 300 per minute, 100000 per day.
+    Pro,
+    /// The given `rate_limit`.
+    Custom,
+}
+
+/// `PATCH /api-keys/{id}`: every field optional.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UpdateKey {
+    /// 1 to 200 characters (trimmed).
+    #[schema(min_length = 1, max_length = 200)]
     name: Option<String>,
+    /// The key's own rate limit; `null` clears it (the team's or the default applies).
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<Limit>)]
     rate_limit: Option<Option<Limit>>,
+    /// A preset rate limit, or `custom` with `rate_limit`.
+    #[schema(value_type = Option<Plan>)]
     plan: Option<String>,
+}
+
+/// A new key: the stored key and, this once, its secret.
+#[derive(Serialize, ToSchema)]
+struct CreatedKey {
+    #[serde(flatten)]
+    api_key: ApiKey,
+    /// The secret (`aq_...`). It is shown only now; only its hash is stored.
+    #[schema(example = "aq_3q9X2kWm7Lr1TzB8vN4pYc6Hd0Ja5Fe2")]
+    key: String,
 }
 
 fn nullable<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
@@ -88,11 +156,17 @@ fn own_limit(plan: Option<&str>, rate_limit: Option<Limit>) -> Result<KeyRateLim
     })
 }
 
+/// Creates an API key; the secret is in this answer only.
+///
+/// Scope: `keys:write`. A key can grant only scopes and agents it holds itself (403
+/// `insufficient_scope` otherwise).
+#[utoipa::path(post, path = "/api-keys", operation_id = "createApiKey", tag = "api keys", request_body = CreateKey,
+    responses((status = 201, description = "Created; `key` is the secret, shown once.", body = CreatedKey)))]
 async fn create(
     State(state): State<AppState>,
     auth: Auth,
     ApiJson(body): ApiJson<CreateKey>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
     auth.require(Scope::KeysWrite)?;
     let name = body.name.trim();
     if name.is_empty() || name.chars().count() > 200 {
@@ -146,17 +220,30 @@ async fn create(
         lifetime,
     };
     let (row, secret) = keys::create(&state.db, spec, auth.actor(), auth.meta()).await?;
-    let mut out = serde_json::to_value(&row).map_err(ApiError::internal)?;
-    out["key"] = serde_json::Value::String(secret);
-    Ok((StatusCode::CREATED, Json(out)))
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedKey {
+            api_key: row,
+            key: secret,
+        }),
+    ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Page size, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
+/// Lists the team's keys, newest first (never their secrets).
+///
+/// Scope: `keys:read`.
+#[utoipa::path(get, path = "/api-keys", operation_id = "listApiKeys", tag = "api keys", params(ListQuery),
+    responses((status = 200, description = "A page of keys.", body = Page<ApiKey>)))]
 async fn list(
     State(state): State<AppState>,
     auth: Auth,
@@ -167,6 +254,11 @@ async fn list(
     Ok(Json(keys::list(&state.db, auth.team_id(), &cursor).await?))
 }
 
+/// One key.
+///
+/// Scope: `keys:read`.
+#[utoipa::path(get, path = "/api-keys/{id}", operation_id = "getApiKey", tag = "api keys", params(("id" = Uuid, Path, description = "The key's id.")),
+    responses((status = 200, description = "The key.", body = ApiKey)))]
 async fn show(
     State(state): State<AppState>,
     auth: Auth,
@@ -179,6 +271,11 @@ async fn show(
         .ok_or_else(|| ApiError::not_found("API key"))
 }
 
+/// Renames a key or changes its rate limit.
+///
+/// Scope: `keys:write`.
+#[utoipa::path(patch, path = "/api-keys/{id}", operation_id = "updateApiKey", tag = "api keys", params(("id" = Uuid, Path, description = "The key's id.")), request_body = UpdateKey,
+    responses((status = 200, description = "The key as updated.", body = ApiKey)))]
 async fn update(
     State(state): State<AppState>,
     auth: Auth,
@@ -220,6 +317,11 @@ async fn update(
     .ok_or_else(|| ApiError::not_found("API key"))
 }
 
+/// Revokes a key, at once on every API replica. Revoking twice answers the key again.
+///
+/// Scope: `keys:write`.
+#[utoipa::path(post, path = "/api-keys/{id}/revoke", operation_id = "revokeApiKey", tag = "api keys", params(("id" = Uuid, Path, description = "The key's id.")),
+    responses((status = 200, description = "The key, with `revoked_at` set.", body = ApiKey)))]
 async fn revoke(
     State(state): State<AppState>,
     auth: Auth,

@@ -5,10 +5,12 @@ pub(crate) mod events;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use agentq_shared::agents;
 use agentq_shared::ids::{AgentId, RunId};
@@ -18,19 +20,19 @@ use agentq_shared::runs::{self, CancelOutcome, Run, RunFilter, RunStatus};
 use agentq_shared::scopes::Scope;
 
 use crate::auth::Auth;
-use crate::error::ApiError;
+use crate::error::{ApiError, Envelope};
 use crate::extract::{ApiPath, ApiQuery};
 use crate::state::AppState;
 
 /// Routes under `/api/v1`.
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/agents/{id}/runs", get(list))
-        .route("/agents/{id}/messages", get(agent_messages))
-        .route("/runs/{id}", get(show))
-        .route("/runs/{id}/cancel", post(cancel))
-        .route("/runs/{id}/messages", get(run_messages))
-        .route("/runs/{id}/events", get(events))
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(agent_messages))
+        .routes(routes!(show))
+        .routes(routes!(cancel))
+        .routes(routes!(run_messages))
+        .routes(routes!(events))
 }
 
 /// A run the key may see, or 404.
@@ -55,17 +57,51 @@ async fn readable_agent(state: &AppState, auth: &Auth, id: AgentId) -> Result<()
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only runs in this status.
+    #[param(value_type = Option<RunStatus>, inline)]
     status: Option<String>,
+    /// Only runs started this way.
+    #[param(value_type = Option<TriggerType>, inline)]
     trigger: Option<String>,
+    /// Runs created at or after this time (RFC 3339).
     from: Option<DateTime<Utc>>,
+    /// Runs created before this time (RFC 3339).
     to: Option<DateTime<Utc>>,
+    /// Page size, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
+/// How a run was started.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)] // Documents the strings `list` accepts.
+enum TriggerType {
+    /// `POST /agents/{id}/runs`.
+    Api,
+    /// `POST /agents/{id}/signals`.
+    Signal,
+    /// `POST /agents/{id}/chat`.
+    Chat,
+    /// An inbound webhook.
+    Webhook,
+    /// The agent's schedule.
+    Schedule,
+    /// An MCP tool call.
+    Mcp,
+}
+
+/// Lists an agent's runs, newest first (a deleted agent's runs stay readable).
+///
+/// Scope: `runs:read`.
+#[utoipa::path(get, path = "/agents/{id}/runs", operation_id = "listRuns", tag = "runs", params(("id" = Uuid, Path, description = "The agent's id."), ListQuery),
+    responses((status = 200, description = "A page of runs.", body = Page<Run>)))]
 async fn list(
     State(state): State<AppState>,
     auth: Auth,
@@ -100,6 +136,11 @@ async fn list(
     ))
 }
 
+/// One run: status, trigger, input, output, error, usage.
+///
+/// Scope: `runs:read`.
+#[utoipa::path(get, path = "/runs/{id}", operation_id = "getRun", tag = "runs", params(("id" = Uuid, Path, description = "The run's id.")),
+    responses((status = 200, description = "The run.", body = Run)))]
 async fn show(
     State(state): State<AppState>,
     auth: Auth,
@@ -109,6 +150,16 @@ async fn show(
     Ok(Json(visible_run(&state, &auth, id).await?))
 }
 
+/// Cancels a run. A queued or waiting run ends at once (200); a running one is asked to stop
+/// and ends `cancelled` at its next step (202).
+///
+/// Scope: `agents:write`.
+#[utoipa::path(post, path = "/runs/{id}/cancel", operation_id = "cancelRun", tag = "runs", params(("id" = Uuid, Path, description = "The run's id.")),
+    responses(
+        (status = 200, description = "Cancelled.", body = Run),
+        (status = 202, description = "Cancellation requested; the worker stops the run.", body = Run),
+        (status = 409, description = "`run_finished`: the run has already ended.", body = Envelope),
+    ))]
 async fn cancel(
     State(state): State<AppState>,
     auth: Auth,
@@ -133,13 +184,22 @@ async fn cancel(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct PageQuery {
+    /// Page size, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
+/// A run's messages (its steps), in order. The cursor is the last sequence number seen.
+///
+/// Scope: `agents:read`.
+#[utoipa::path(get, path = "/runs/{id}/messages", operation_id = "listRunMessages", tag = "runs", params(("id" = Uuid, Path, description = "The run's id."), PageQuery),
+    responses((status = 200, description = "A page of steps, oldest first.", body = Page<Step>)))]
 async fn run_messages(
     State(state): State<AppState>,
     auth: Auth,
@@ -168,6 +228,11 @@ async fn run_messages(
     }))
 }
 
+/// An agent's messages across its runs, newest first.
+///
+/// Scope: `agents:read`.
+#[utoipa::path(get, path = "/agents/{id}/messages", operation_id = "listAgentMessages", tag = "runs", params(("id" = Uuid, Path, description = "The agent's id."), PageQuery),
+    responses((status = 200, description = "A page of steps.", body = Page<Step>)))]
 async fn agent_messages(
     State(state): State<AppState>,
     auth: Auth,
@@ -180,6 +245,18 @@ async fn agent_messages(
     Ok(Json(steps::for_agent(&state.db, id, &cursor).await?))
 }
 
+/// Streams a run's steps as server-sent events, from the start or after `Last-Event-ID`.
+///
+/// Scope: `runs:read`. Events: `step` (`id` is the step's sequence, `data` a `Step`), then
+/// `done` (`data` has `run_id`, `status`, `output`, `error`) when the run ends. Steps arrive in
+/// order, without gaps or repeats across reconnects.
+#[utoipa::path(get, path = "/runs/{id}/events", operation_id = "streamRunEvents", tag = "runs",
+    params(("id" = Uuid, Path, description = "The run's id."),
+        ("Last-Event-ID" = Option<i32>, Header, description = "The last step sequence received; the stream continues after it.")),
+    responses(
+        (status = 200, description = "The event stream.", content_type = "text/event-stream", body = String),
+        (status = 400, description = "`validation_failed`: `Last-Event-ID` is not a sequence number.", body = Envelope),
+    ))]
 async fn events(
     State(state): State<AppState>,
     auth: Auth,

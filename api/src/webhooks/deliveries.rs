@@ -3,11 +3,13 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use agentq_shared::pagination::{Cursor, Page};
@@ -16,57 +18,119 @@ use agentq_shared::webhooks::{Outbox, TEST_EVENT};
 
 use super::{allowed, visible};
 use crate::auth::Auth;
-use crate::error::ApiError;
+use crate::error::{ApiError, Envelope};
 use crate::extract::{ApiPath, ApiQuery};
 use crate::state::AppState;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/webhooks/{id}/deliveries", get(list))
-        .route("/webhooks/{id}/deliveries/{delivery_id}", get(show))
-        .route("/webhooks/{id}/deliveries/{delivery_id}/retry", post(retry))
-        .route("/webhooks/{id}/test", post(test))
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(show))
+        .routes(routes!(retry))
+        .routes(routes!(test))
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+/// One event's delivery to one endpoint.
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
+#[schema(as = WebhookDelivery)]
 struct Delivery {
+    /// Delivery id.
     id: Uuid,
+    /// The endpoint.
     endpoint_id: Uuid,
+    /// The event delivered.
     event_id: Uuid,
     /// The `webhook-id` header the receiver sees.
+    #[schema(example = "msg_0190d6f48a3e7c2b9f1d2a4b6c8d0e1f")]
     webhook_id: String,
+    /// The event's type.
     event_type: String,
+    /// Where the delivery is.
+    #[schema(value_type = DeliveryStatus)]
     status: String,
+    /// Attempts made.
     attempts: i32,
+    /// When the next attempt is due, while pending.
     next_attempt_at: Option<DateTime<Utc>>,
+    /// The receiver's last HTTP status.
     last_status_code: Option<i32>,
+    /// The last attempt's error.
     last_error: Option<String>,
+    /// Created at.
     created_at: DateTime<Utc>,
+    /// Last change.
     updated_at: DateTime<Utc>,
+}
+
+/// Where a delivery is.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)] // Documents the strings stored and filtered on.
+enum DeliveryStatus {
+    /// Attempts go on.
+    Pending,
+    /// The receiver answered 2xx.
+    Succeeded,
+    /// Every attempt failed.
+    Failed,
+}
+
+/// A delivery with its payload and every attempt.
+#[derive(Serialize, ToSchema)]
+#[schema(as = WebhookDeliveryDetail)]
+struct Detail {
+    #[serde(flatten)]
+    delivery: Delivery,
+    /// The event as sent (`type`, `timestamp`, `data`).
+    #[schema(value_type = Object)]
+    payload: Value,
+    /// Each attempt, in order.
+    attempt_log: Vec<Attempt>,
 }
 
 const COLUMNS: &str = "d.id, d.endpoint_id, d.event_id, 'msg_' || replace(d.event_id::text, '-', '') AS webhook_id, \
     d.event_type, d.status, d.attempts, d.next_attempt_at, d.last_status_code, d.last_error, d.created_at, d.updated_at";
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+/// One attempt to deliver.
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
+#[schema(as = WebhookAttempt)]
 struct Attempt {
+    /// From 1.
     attempt: i32,
+    /// When it started.
     started_at: DateTime<Utc>,
+    /// The receiver's HTTP status, if it answered.
     status_code: Option<i32>,
+    /// Time to the answer or the error.
     latency_ms: i32,
+    /// The start of the receiver's answer.
     response_body: Option<String>,
+    /// What went wrong (timeout, connection refused, ...).
     error: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only deliveries in this status.
+    #[param(value_type = Option<DeliveryStatus>, inline)]
     status: Option<String>,
+    /// Only this event type.
     event_type: Option<String>,
+    /// Page size, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
+/// Lists an endpoint's deliveries, newest first, by status and event type.
+///
+/// Scope: `webhooks:read`.
+#[utoipa::path(get, path = "/webhooks/{id}/deliveries", operation_id = "listWebhookDeliveries", tag = "webhooks",
+    params(("id" = Uuid, Path, description = "The endpoint's id."), ListQuery),
+    responses((status = 200, description = "A page of deliveries.", body = Page<Delivery>)))]
 async fn list(
     State(state): State<AppState>,
     auth: Auth,
@@ -118,11 +182,17 @@ async fn one(
     .ok_or_else(|| ApiError::not_found("Delivery"))
 }
 
+/// One delivery, with the payload sent and every attempt.
+///
+/// Scope: `webhooks:read`.
+#[utoipa::path(get, path = "/webhooks/{id}/deliveries/{delivery_id}", operation_id = "getWebhookDelivery", tag = "webhooks",
+    params(("id" = Uuid, Path, description = "The endpoint's id."), ("delivery_id" = Uuid, Path, description = "The delivery's id.")),
+    responses((status = 200, description = "The delivery.", body = Detail)))]
 async fn show(
     State(state): State<AppState>,
     auth: Auth,
     ApiPath((endpoint, id)): ApiPath<(Uuid, Uuid)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Detail>, ApiError> {
     allowed(&auth, Scope::WebhooksRead)?;
     visible(&state, &auth, endpoint).await?;
     let delivery = one(&state, &auth, endpoint, id).await?;
@@ -137,12 +207,22 @@ async fn show(
         .bind(delivery.event_id)
         .fetch_one(&state.db)
         .await?;
-    let mut out = serde_json::to_value(&delivery).map_err(ApiError::internal)?;
-    out["payload"] = payload;
-    out["attempt_log"] = serde_json::to_value(&attempts).map_err(ApiError::internal)?;
-    Ok(Json(out))
+    Ok(Json(Detail {
+        delivery,
+        payload,
+        attempt_log: attempts,
+    }))
 }
 
+/// Retries a delivery now (whatever its status).
+///
+/// Scope: `webhooks:write`. 409 `endpoint_disabled` while the endpoint is disabled.
+#[utoipa::path(post, path = "/webhooks/{id}/deliveries/{delivery_id}/retry", operation_id = "retryWebhookDelivery", tag = "webhooks",
+    params(("id" = Uuid, Path, description = "The endpoint's id."), ("delivery_id" = Uuid, Path, description = "The delivery's id.")),
+    responses(
+        (status = 202, description = "Queued for an attempt now.", body = Delivery),
+        (status = 409, description = "`endpoint_disabled`: enable the endpoint first.", body = Envelope),
+    ))]
 async fn retry(
     State(state): State<AppState>,
     auth: Auth,
@@ -173,6 +253,14 @@ async fn retry(
     ))
 }
 
+/// Sends a `webhook.test` event to the endpoint.
+///
+/// Scope: `webhooks:write`. 409 `endpoint_disabled` while the endpoint is disabled.
+#[utoipa::path(post, path = "/webhooks/{id}/test", operation_id = "testWebhook", tag = "webhooks", params(("id" = Uuid, Path, description = "The endpoint's id.")),
+    responses(
+        (status = 202, description = "The test delivery, queued.", body = Delivery),
+        (status = 409, description = "`endpoint_disabled`: enable the endpoint first.", body = Envelope),
+    ))]
 async fn test(
     State(state): State<AppState>,
     auth: Auth,

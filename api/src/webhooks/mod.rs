@@ -7,11 +7,13 @@ mod deliveries;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use agentq_shared::audit::{self, AuditEntry};
@@ -27,27 +29,85 @@ use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
 
 /// Routes under `/api/v1`.
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/webhooks", get(list).post(create))
-        .route("/webhooks/{id}", get(show).patch(update).delete(remove))
-        .route("/webhooks/{id}/rotate-secret", post(rotate))
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(show, update, remove))
+        .routes(routes!(rotate))
         .merge(deliveries::routes())
 }
 
 /// An endpoint as shown (never its secret).
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
+#[schema(as = WebhookEndpoint)]
 pub(crate) struct Endpoint {
+    /// Endpoint id.
     id: Uuid,
+    /// Where events are POSTed.
     url: String,
+    /// Free text.
     description: Option<String>,
+    /// Event types sent; empty means all.
+    #[schema(schema_with = event_types_schema)]
     event_types: Vec<String>,
+    /// Only events about these agents; empty means all.
     agent_ids: Vec<Uuid>,
+    /// Disabled endpoints receive nothing (set after failing for too long, or by a user).
     enabled: bool,
+    /// Why it was disabled.
     disabled_reason: Option<String>,
+    /// When it was disabled.
     disabled_at: Option<DateTime<Utc>>,
+    /// Created at.
     created_at: DateTime<Utc>,
+    /// Last change.
     updated_at: DateTime<Utc>,
+}
+
+/// `event_types` as documented: the known types, from [`EVENT_TYPES`].
+fn event_types_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(EVENT_TYPES.iter().copied())),
+        )
+        .description(Some("Event types; empty means all."))
+        .build()
+}
+
+/// A new endpoint and, this once, its signing secret.
+#[derive(Serialize, ToSchema)]
+struct CreatedEndpoint {
+    #[serde(flatten)]
+    endpoint: Endpoint,
+    /// Signs every delivery (`whsec_...`, Standard Webhooks). Shown only now.
+    #[schema(example = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")]
+    secret: String,
+}
+
+/// A rotated secret.
+#[derive(Serialize, ToSchema)]
+struct RotatedSecret {
+    /// The endpoint.
+    id: Uuid,
+    /// The new secret, shown only now.
+    secret: String,
+    /// Until then deliveries are signed with the old secret too.
+    previous_secret_expires_at: DateTime<Utc>,
+}
+
+/// The list query.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct ListQuery {
+    /// Page size, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
+    limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
 }
 
 const COLUMNS: &str = "id, url, description, event_types, agent_ids, enabled, disabled_reason, disabled_at, created_at, updated_at";
@@ -75,25 +135,42 @@ pub(crate) async fn visible(state: &AppState, auth: &Auth, id: Uuid) -> Result<E
         .ok_or_else(|| ApiError::not_found("Webhook endpoint"))
 }
 
-#[derive(Deserialize)]
+/// `POST /webhooks`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = CreateWebhook)]
 struct CreateBody {
+    /// http(s) URL; private addresses are refused unless the operator allows them.
+    #[schema(example = "https://example.com/agentq/events")]
     url: String,
+    /// At most 2000 characters.
     description: Option<String>,
+    /// Event types to send; empty or absent means all.
     #[serde(default)]
+    #[schema(schema_with = event_types_schema)]
     event_types: Vec<String>,
+    /// Only events about these agents; empty or absent means all.
     #[serde(default)]
     agent_ids: Vec<Uuid>,
 }
 
-#[derive(Deserialize)]
+/// `PATCH /webhooks/{id}`: every field optional.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = UpdateWebhook)]
 struct UpdateBody {
+    /// http(s) URL.
     url: Option<String>,
+    /// At most 2000 characters; `null` clears it.
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
     description: Option<Option<String>>,
+    /// Event types to send; empty means all.
+    #[schema(schema_with = event_types_schema)]
     event_types: Option<Vec<String>>,
+    /// Only events about these agents; empty means all.
     agent_ids: Option<Vec<Uuid>>,
+    /// `true` re-enables a disabled endpoint; `false` disables it.
     enabled: Option<bool>,
 }
 
@@ -153,11 +230,16 @@ fn check_description(d: &Option<String>) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Creates an endpoint that receives signed events; its secret is in this answer only.
+///
+/// Scope: `webhooks:write`. A key limited to some agents cannot manage endpoints (403).
+#[utoipa::path(post, path = "/webhooks", operation_id = "createWebhook", tag = "webhooks", request_body = CreateBody,
+    responses((status = 201, description = "Created; `secret` is shown only now.", body = CreatedEndpoint)))]
 async fn create(
     State(state): State<AppState>,
     auth: Auth,
     ApiJson(body): ApiJson<CreateBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<CreatedEndpoint>), ApiError> {
     allowed(&auth, Scope::WebhooksWrite)?;
     check_url(&state, &body.url)?;
     check_types(&body.event_types)?;
@@ -187,9 +269,10 @@ async fn create(
     )
     .await?;
     tx.commit().await?;
-    let mut out = serde_json::to_value(&endpoint).map_err(ApiError::internal)?;
-    out["secret"] = Value::String(secret);
-    Ok((StatusCode::CREATED, Json(out)))
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedEndpoint { endpoint, secret }),
+    ))
 }
 
 async fn audit_change(
@@ -214,13 +297,11 @@ async fn audit_change(
     .await
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    limit: Option<i64>,
-    cursor: Option<String>,
-}
-
+/// Lists the team's endpoints, newest first.
+///
+/// Scope: `webhooks:read`.
+#[utoipa::path(get, path = "/webhooks", operation_id = "listWebhooks", tag = "webhooks", params(ListQuery),
+    responses((status = 200, description = "A page of endpoints.", body = Page<Endpoint>)))]
 async fn list(
     State(state): State<AppState>,
     auth: Auth,
@@ -240,6 +321,11 @@ async fn list(
     Ok(Json(cursor.page(rows, |e| e.id)))
 }
 
+/// One endpoint (never its secret).
+///
+/// Scope: `webhooks:read`.
+#[utoipa::path(get, path = "/webhooks/{id}", operation_id = "getWebhook", tag = "webhooks", params(("id" = Uuid, Path, description = "The endpoint's id.")),
+    responses((status = 200, description = "The endpoint.", body = Endpoint)))]
 async fn show(
     State(state): State<AppState>,
     auth: Auth,
@@ -249,6 +335,12 @@ async fn show(
     Ok(Json(visible(&state, &auth, id).await?))
 }
 
+/// Changes an endpoint; `"enabled": true` re-enables a disabled one.
+///
+/// Scope: `webhooks:write`.
+#[utoipa::path(patch, path = "/webhooks/{id}", operation_id = "updateWebhook", tag = "webhooks", params(("id" = Uuid, Path, description = "The endpoint's id.")),
+    request_body = UpdateBody,
+    responses((status = 200, description = "The endpoint as updated.", body = Endpoint)))]
 async fn update(
     State(state): State<AppState>,
     auth: Auth,
@@ -297,6 +389,11 @@ async fn update(
     Ok(Json(endpoint))
 }
 
+/// Deletes an endpoint; it receives nothing more.
+///
+/// Scope: `webhooks:write`.
+#[utoipa::path(delete, path = "/webhooks/{id}", operation_id = "deleteWebhook", tag = "webhooks", params(("id" = Uuid, Path, description = "The endpoint's id.")),
+    responses((status = 204, description = "Deleted.")))]
 async fn remove(
     State(state): State<AppState>,
     auth: Auth,
@@ -320,11 +417,16 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Rotates the endpoint's secret; the old one keeps signing (alongside) for a grace period.
+///
+/// Scope: `webhooks:write`.
+#[utoipa::path(post, path = "/webhooks/{id}/rotate-secret", operation_id = "rotateWebhookSecret", tag = "webhooks", params(("id" = Uuid, Path, description = "The endpoint's id.")),
+    responses((status = 200, description = "The new secret, shown only now.", body = RotatedSecret)))]
 async fn rotate(
     State(state): State<AppState>,
     auth: Auth,
     ApiPath(id): ApiPath<Uuid>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RotatedSecret>, ApiError> {
     allowed(&auth, Scope::WebhooksWrite)?;
     let secret = signing::new_secret();
     let grace = chrono::Duration::from_std(state.config.rotation_grace).unwrap_or_default();
@@ -352,7 +454,9 @@ async fn rotate(
     )
     .await?;
     tx.commit().await?;
-    Ok(Json(
-        json!({"id": id, "secret": secret, "previous_secret_expires_at": until}),
-    ))
+    Ok(Json(RotatedSecret {
+        id,
+        secret,
+        previous_secret_expires_at: until,
+    }))
 }

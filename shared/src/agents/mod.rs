@@ -55,26 +55,46 @@ pub struct Agent {
 }
 
 /// The agent as the API shows it (never the signing secret).
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Agent)]
 pub struct AgentView<'a> {
+    /// Agent id.
     id: AgentId,
+    /// Name.
     name: &'a str,
+    /// Free text.
     description: Option<&'a str>,
+    /// `scripted` or `http`.
+    #[schema(example = "scripted")]
     runtime: &'a str,
+    /// The runtime's configuration, as given.
+    #[schema(value_type = Object)]
     config: &'a Value,
+    /// Cron expression, if scheduled.
     schedule: Option<&'a str>,
+    /// IANA time zone of the schedule.
     timezone: &'a str,
+    /// `active` or `paused`.
+    #[schema(example = "active")]
     status: &'a str,
+    /// Concurrency and duration limits.
     limits: Limits,
+    /// Approval policy, if any.
+    #[schema(value_type = Option<Object>)]
     approval: Option<&'a Value>,
+    /// The schedule's next fire time (while scheduled and active).
     next_run_at: Option<DateTime<Utc>>,
+    /// Requests aimed at this agent per minute and per day, if limited.
+    #[schema(value_type = Option<crate::keys::KeyRateLimit>)]
     rate_limit: Option<Value>,
+    /// Creation time.
     created_at: DateTime<Utc>,
+    /// Last change.
     updated_at: DateTime<Utc>,
 }
 
 /// An agent's limits, as set and shown.
-#[derive(Clone, Copy, Debug, Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Runs executing at once, across all workers (default 10).

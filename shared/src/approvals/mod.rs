@@ -22,7 +22,7 @@ use crate::webhooks::{self, Outbox};
 pub const REJECTED_RESULT: &str = "rejected by a person";
 
 /// An approval as stored and shown.
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Approval {
     /// Approval id.
     pub id: Uuid,
@@ -139,6 +139,7 @@ pub enum Decided {
 }
 
 /// Approves or rejects a pending approval and moves its run on, in one transaction.
+#[allow(clippy::too_many_arguments)] // Each is one fact of the decision; a struct would only rename them.
 pub async fn decide(
     pool: &PgPool,
     queues: &Queues,

@@ -18,7 +18,7 @@ use crate::pagination::{Cursor, Page};
 pub use status::RunStatus;
 
 /// A run as stored and shown.
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Run {
     /// Run id.
     pub id: RunId,
@@ -28,6 +28,7 @@ pub struct Run {
     /// The agent run.
     pub agent_id: AgentId,
     /// Current state.
+    #[schema(value_type = crate::runs::RunStatus)]
     pub status: String,
     /// Whether it waits for its paused agent.
     #[serde(skip)]

@@ -11,7 +11,7 @@ use crate::ids::{AgentId, RunId};
 use crate::pagination::{Cursor, Page};
 
 /// One step of a run.
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Step {
     /// Step id.
     pub id: Uuid,

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::ids::{AgentId, TeamId};
 
 /// Sums over some runs.
-#[derive(Debug, Default, Serialize, sqlx::FromRow)]
+#[derive(Debug, Default, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Totals {
     /// Finished runs.
     pub runs: i64,
@@ -26,7 +26,7 @@ pub struct Totals {
 }
 
 /// Sums for one day (UTC).
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct DayTotals {
     /// The day.
     pub date: NaiveDate,
@@ -37,7 +37,7 @@ pub struct DayTotals {
 }
 
 /// Sums for one agent.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct AgentTotals {
     /// The agent.
     pub agent_id: AgentId,
@@ -48,7 +48,8 @@ pub struct AgentTotals {
 }
 
 /// The usage report.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = UsageReport)]
 pub struct Report {
     /// Start of the range.
     pub from: DateTime<Utc>,

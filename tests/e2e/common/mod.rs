@@ -53,9 +53,7 @@ impl TestDb {
             .await
             .expect("create test database");
         let url = format!("{}/{name}", pg_base());
-        let pool = agentq_shared::db::connect(&url, 10)
-            .await
-            .expect("connect test db");
+                let pool = agentq_shared::db::connect(&url, 4).await.expect("connect test db");
         agentq_shared::db::migrate(&pool)
             .await
             .expect("migrate test db");
@@ -93,12 +91,7 @@ pub fn unique_prefix() -> String {
 }
 
 pub fn store_config(db: &TestDb, prefix: &str) -> StoreConfig {
-    StoreConfig::new(
-        Some(db.url.clone()),
-        Some(redis_url()),
-        prefix.to_owned(),
-        10,
-    )
+        StoreConfig::new(Some(db.url.clone()), Some(redis_url()), prefix.to_owned(), 6)
     .expect("test store config is valid")
 }
 
@@ -315,6 +308,10 @@ pub const FAST: &[(&str, &str)] = &[
     ("AGENTQ_CLAIM_IDLE_SECONDS", "3"),
     ("AGENTQ_REQUEUE_AFTER_SECONDS", "2"),
     ("AGENTQ_WORKER_CONCURRENCY", "8"),
+    ("AGENTQ_DELIVERY_CONCURRENCY", "8"),
+    // Tests run side by side, each with several processes: stay well inside Postgres's
+    // connection limit.
+    ("AGENTQ_DB_MAX_CONNECTIONS", "5"),
 ];
 
 impl Stack {
@@ -438,4 +435,45 @@ impl TestApp {
         assert_eq!(s, StatusCode::OK, "{page}");
         page["data"].as_array().unwrap().clone()
     }
+}
+
+impl Stack {
+    /// Starts one more `agentq scheduler` with extra environment (e.g. `AGENTQ_CATCH_UP`).
+    pub fn scheduler_with(&mut self, extra: &[(&str, &str)]) -> &mut Self {
+        let env: Vec<(&str, &str)> = FAST.iter().chain(extra.iter()).copied().collect();
+        self.schedulers.push(procs::Proc::start(
+            &["scheduler"],
+            &self.db_url,
+            &self.prefix,
+            &env,
+        ));
+        self
+    }
+}
+
+/// A host name of this machine that resolves only to loopback (the machine's own name, as in
+/// most containers, or a usual alias of loopback), so a test reaches the connect-time
+/// private-network check that a name like `localhost` never gets to. None when there is none.
+pub async fn loopback_host_name() -> Option<String> {
+    let own = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let candidates = [
+        own.trim(),
+        "ip6-localhost",
+        "ip6-loopback",
+        "localhost.localdomain",
+    ];
+    for name in candidates {
+        let lower = name.to_ascii_lowercase();
+        if name.is_empty() || lower == "localhost" || lower.ends_with(".localhost") {
+            continue;
+        }
+        let Ok(addrs) = tokio::net::lookup_host((name, 0)).await else {
+            continue;
+        };
+        let addrs: Vec<SocketAddr> = addrs.collect();
+        if !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback()) {
+            return Some(name.to_owned());
+        }
+    }
+    None
 }

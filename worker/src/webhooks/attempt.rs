@@ -162,16 +162,13 @@ async fn post(
         .and_then(|v| v.to_str().ok())
         .and_then(parse_retry_after);
     let mut body = Vec::new();
-    loop {
-        match tokio::time::timeout(ctx.config.webhook_timeout, resp.chunk()).await {
-            Ok(Ok(Some(chunk))) => {
-                let room = MAX_BODY.saturating_sub(body.len());
-                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                if body.len() >= MAX_BODY {
-                    break;
-                }
-            }
-            _ => break,
+    while let Ok(Ok(Some(chunk))) =
+        tokio::time::timeout(ctx.config.webhook_timeout, resp.chunk()).await
+    {
+        let room = MAX_BODY.saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= MAX_BODY {
+            break;
         }
     }
     Ok((
