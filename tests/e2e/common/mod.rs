@@ -53,7 +53,9 @@ impl TestDb {
             .await
             .expect("create test database");
         let url = format!("{}/{name}", pg_base());
-                let pool = agentq_shared::db::connect(&url, 4).await.expect("connect test db");
+        let pool = agentq_shared::db::connect(&url, 4)
+            .await
+            .expect("connect test db");
         agentq_shared::db::migrate(&pool)
             .await
             .expect("migrate test db");
@@ -91,7 +93,12 @@ pub fn unique_prefix() -> String {
 }
 
 pub fn store_config(db: &TestDb, prefix: &str) -> StoreConfig {
-        StoreConfig::new(Some(db.url.clone()), Some(redis_url()), prefix.to_owned(), 6)
+    StoreConfig::new(
+        Some(db.url.clone()),
+        Some(redis_url()),
+        prefix.to_owned(),
+        6,
+    )
     .expect("test store config is valid")
 }
 
