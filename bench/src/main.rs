@@ -4,13 +4,18 @@
 //! Run as `cargo build --release && cargo run --release -p bench -- api` (or `-- runs`).
 
 mod api;
+mod approvals;
 mod baseline;
+mod common;
+mod gateway;
+mod inbound;
 mod load;
 mod observe;
 mod proxy;
 mod runs;
 mod stack;
 mod stats;
+mod webhooks;
 
 use std::process::ExitCode;
 
@@ -38,6 +43,15 @@ enum Scenario {
     /// latency at a steady rate, Redis commands and Postgres work per run, against raw Redis and
     /// Postgres baselines.
     Runs(runs::Args),
+    /// Approval to resume: approve N waiting runs at a steady pace; decided_at to the
+    /// tool_result step, p50/p99.
+    Approvals(approvals::Args),
+    /// Outgoing webhooks: deliveries/s at a local receiver and event-to-delivery latency.
+    Webhooks(webhooks::Args),
+    /// Inbound webhooks (GitHub scheme, signed) against plain signals: req/s and latency.
+    Inbound(inbound::Args),
+    /// Rate limits and request logs on against off: two api processes, the same GET.
+    Gateway(gateway::Args),
 }
 
 #[tokio::main]
@@ -66,6 +80,10 @@ async fn run(cli: Cli, binary: std::path::PathBuf) -> anyhow::Result<()> {
             match &cli.scenario {
                 Scenario::Api(args) => api::run(&mut stack, args).await,
                 Scenario::Runs(args) => runs::run(&mut stack, args).await,
+                Scenario::Approvals(args) => approvals::run(&mut stack, args).await,
+                Scenario::Webhooks(args) => webhooks::run(&mut stack, args).await,
+                Scenario::Inbound(args) => inbound::run(&mut stack, args).await,
+                Scenario::Gateway(args) => gateway::run(&mut stack, args).await,
             }
         } => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),

@@ -86,14 +86,14 @@ fn positive_rate(s: &str) -> Result<f64, String> {
 }
 
 /// An agentq API and the key to call it with.
-struct Api {
-    client: Client,
-    base: String,
-    bearer: String,
+pub(crate) struct Api {
+    pub(crate) client: Client,
+    pub(crate) base: String,
+    pub(crate) bearer: String,
 }
 
 impl Api {
-    fn new(base: String, key: &str, concurrency: usize) -> anyhow::Result<Self> {
+    pub(crate) fn new(base: String, key: &str, concurrency: usize) -> anyhow::Result<Self> {
         Ok(Self {
             client: load::client(concurrency)?,
             base,
@@ -102,7 +102,7 @@ impl Api {
     }
 
     /// Creates the scripted one-reply agent every phase uses; returns its id.
-    async fn create_agent(&self, name: &str) -> anyhow::Result<String> {
+    pub(crate) async fn create_agent(&self, name: &str) -> anyhow::Result<String> {
         let body = json!({
             "name": name,
             "runtime": "scripted",
@@ -123,7 +123,7 @@ impl Api {
             .ok_or_else(|| anyhow!("POST /api/v1/agents answered without an id: {agent}"))
     }
 
-    async fn pause(&self, agent: &str) -> anyhow::Result<()> {
+    pub(crate) async fn pause(&self, agent: &str) -> anyhow::Result<()> {
         self.call(
             self.client
                 .post(format!("{}/api/v1/agents/{agent}/pause", self.base)),
@@ -134,7 +134,7 @@ impl Api {
     }
 
     /// Sends one request; its JSON body if it succeeded.
-    async fn call(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+    pub(crate) async fn call(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
         let response = request.header("authorization", &self.bearer).send().await?;
         let status = response.status();
         let body = response.text().await.unwrap_or_default();
@@ -145,7 +145,7 @@ impl Api {
     }
 
     /// `POST /agents/{id}/runs` with `{"input":"x"}`.
-    fn run_request(&self, agent: &str) -> MakeRequest {
+    pub(crate) fn run_request(&self, agent: &str) -> MakeRequest {
         let url = format!("{}/api/v1/agents/{agent}/runs", self.base);
         let bearer = self.bearer.clone();
         Arc::new(move |c: &Client| {
@@ -157,7 +157,7 @@ impl Api {
     }
 
     /// `POST /agents/{id}/signals` with `{"type":"bench","payload":{"n":i}}`, i counting up.
-    fn signal_request(&self, agent: &str) -> MakeRequest {
+    pub(crate) fn signal_request(&self, agent: &str) -> MakeRequest {
         let url = format!("{}/api/v1/agents/{agent}/signals", self.base);
         let bearer = self.bearer.clone();
         let n = Arc::new(AtomicU64::new(0));
@@ -1239,19 +1239,19 @@ fn counted_json(c: &Counted) -> Value {
 }
 
 /// Warnings and errors one agentq process logged.
-struct LogSummary {
-    role: String,
-    warn: u64,
-    error: u64,
+pub(crate) struct LogSummary {
+    pub(crate) role: String,
+    pub(crate) warn: u64,
+    pub(crate) error: u64,
     /// Lines that are not JSON (e.g. a panic).
-    other: u64,
+    pub(crate) other: u64,
     /// How often each message was logged.
     messages: BTreeMap<String, u64>,
 }
 
 impl LogSummary {
     /// The most frequent messages, `message ×n`.
-    fn top(&self, n: usize) -> Vec<String> {
+    pub(crate) fn top(&self, n: usize) -> Vec<String> {
         stats::top(&self.messages, n)
             .into_iter()
             .map(|(m, c)| format!("{m} x{c}"))
@@ -1260,7 +1260,7 @@ impl LogSummary {
 }
 
 /// Counts WARN and ERROR lines (and lines that are not JSON, e.g. panics) in every log.
-fn scan_logs(stack: &Stack) -> Vec<LogSummary> {
+pub(crate) fn scan_logs(stack: &Stack) -> Vec<LogSummary> {
     let mut out: Vec<LogSummary> = Vec::new();
     let mut seen = BTreeMap::<String, usize>::new();
     for (role, path) in stack.logs() {

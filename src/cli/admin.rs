@@ -28,7 +28,7 @@ fn store_config(s: &StoreArgs) -> Result<StoreConfig, ConfigError> {
         s.database_url.clone(),
         s.redis_url.clone(),
         s.redis_prefix.clone(),
-        s.db_max_connections,
+        s.db_max_connections.unwrap_or(20),
     )
 }
 
@@ -139,6 +139,7 @@ fn master_key(t: &TuningArgs) -> Result<Option<[u8; 32]>, ConfigError> {
 
 fn worker_config(
     store: StoreConfig,
+    pool_set: bool,
     t: &TuningArgs,
     args: &WorkerArgs,
 ) -> Result<WorkerConfig, ConfigError> {
@@ -150,6 +151,11 @@ fn worker_config(
     }
     let mut config = WorkerConfig::new(store);
     config.concurrency = args.concurrency;
+    if !pool_set {
+        // No AGENTQ_DB_MAX_CONNECTIONS: enough connections that jobs in flight never queue for one.
+        config.store.db_max_connections =
+            (args.concurrency + args.delivery_concurrency / 2 + 4).min(200) as u32;
+    }
     config.stale_after = seconds("AGENTQ_STALE_AFTER_SECONDS", t.stale_after_seconds)?;
     config.heartbeat_every = config.stale_after / 4;
     config.claim_idle = seconds("AGENTQ_CLAIM_IDLE_SECONDS", args.claim_idle_seconds)?;
@@ -206,7 +212,7 @@ pub(crate) async fn serve_worker(
     t: &TuningArgs,
     args: WorkerArgs,
 ) -> Result<(), Failure> {
-    let config = worker_config(store_config(s)?, t, &args)?;
+    let config = worker_config(store_config(s)?, s.db_max_connections.is_some(), t, &args)?;
     agentq_worker::run(config, stopped(shutdown_signal())).await?;
     Ok(())
 }
@@ -224,7 +230,12 @@ pub(crate) async fn serve_scheduler(
 pub(crate) async fn serve_all(s: &StoreArgs, t: &TuningArgs, args: AllArgs) -> Result<(), Failure> {
     let store = store_config(s)?;
     let api = api_config(store.clone(), t, &args.api)?;
-    let worker = worker_config(store.clone(), t, &args.worker)?;
+    let worker = worker_config(
+        store.clone(),
+        s.db_max_connections.is_some(),
+        t,
+        &args.worker,
+    )?;
     let scheduler = scheduler_config(store, t, &args.scheduler)?;
     migrated_pool(s).await?;
     let rx = shutdown_signal();

@@ -56,13 +56,9 @@ pub(crate) struct StoreArgs {
     pub(crate) redis_prefix: String,
 
     /// Postgres connections per process.
-    #[arg(
-        long,
-        env = "AGENTQ_DB_MAX_CONNECTIONS",
-        default_value_t = 20,
-        global = true
-    )]
-    pub(crate) db_max_connections: u32,
+    /// Default 20; a worker without it sizes its pool to its concurrency.
+    #[arg(long, env = "AGENTQ_DB_MAX_CONNECTIONS", global = true)]
+    pub(crate) db_max_connections: Option<u32>,
 }
 
 /// Settings more than one role reads.

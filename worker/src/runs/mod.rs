@@ -54,7 +54,7 @@ pub async fn handle(ctx: &Ctx, job: RunJob, deliveries: u64) -> Result<(), JobEr
                 Some(lease) => {
                     tracing::warn!(
                         attempt = lease.attempt,
-                        "took over a run whose worker stopped"
+                        "took over a run whose worker stopped showing life"
                     );
                     lease
                 }
