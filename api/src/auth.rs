@@ -61,6 +61,31 @@ impl Auth {
         Actor::ApiKey(self.key.id)
     }
 
+    /// Appends an audit entry for what this caller did to `target_type`/`target_id`, in the
+    /// caller's transaction.
+    pub async fn audit(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        action: &str,
+        target_type: &str,
+        target_id: String,
+        details: serde_json::Value,
+    ) -> Result<(), sqlx::Error> {
+        agentq_shared::audit::record(
+            conn,
+            agentq_shared::audit::AuditEntry {
+                team_id: self.team_id(),
+                actor: self.actor(),
+                action,
+                target_type,
+                target_id,
+                meta: self.meta(),
+                details,
+            },
+        )
+        .await
+    }
+
     /// Request id and IP for audit entries.
     pub fn meta(&self) -> RequestMeta<'_> {
         RequestMeta {

@@ -15,7 +15,6 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use agentq_shared::agents::{self, Agent, AgentView, AGENT_COLUMNS};
-use agentq_shared::audit::{self, AuditEntry};
 use agentq_shared::ids::{AgentId, RunId};
 use agentq_shared::pagination::{Cursor, Page};
 use agentq_shared::runs::RunJob;
@@ -138,19 +137,9 @@ async fn record_change(
         &agent_json(agent),
     )
     .await?;
-    audit::record(
-        &mut **tx,
-        AuditEntry {
-            team_id: auth.team_id(),
-            actor: auth.actor(),
-            action,
-            target_type: "agent",
-            target_id: agent.id.to_string(),
-            meta: auth.meta(),
-            details: json!({"name": agent.name, "status": agent.status}),
-        },
-    )
-    .await?;
+    let details = json!({"name": agent.name, "status": agent.status});
+    auth.audit(tx, action, "agent", agent.id.to_string(), details)
+        .await?;
     Ok(outbox)
 }
 

@@ -19,7 +19,6 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use agentq_shared::audit::{self, AuditEntry};
 use agentq_shared::ids::AgentId;
 use agentq_shared::pagination::{Cursor, Page};
 use agentq_shared::scopes::Scope;
@@ -293,28 +292,6 @@ fn check(scheme: &str, s: Settings) -> Result<Settings, ApiError> {
     })
 }
 
-async fn audit_hook(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    auth: &Auth,
-    id: Uuid,
-    action: &str,
-    details: Value,
-) -> Result<(), sqlx::Error> {
-    audit::record(
-        &mut **tx,
-        AuditEntry {
-            team_id: auth.team_id(),
-            actor: auth.actor(),
-            action,
-            target_type: "inbound_webhook",
-            target_id: id.to_string(),
-            meta: auth.meta(),
-            details,
-        },
-    )
-    .await
-}
-
 /// Creates an inbound webhook: a public URL through which a provider starts the agent.
 ///
 /// Scope: `agents:write`. A generated `standard` secret is in this answer only.
@@ -364,11 +341,11 @@ async fn create(
     .bind(&body.description)
     .fetch_one(&mut *tx)
     .await?;
-    audit_hook(
+    auth.audit(
         &mut tx,
-        &auth,
-        hook.id,
         "inbound_webhook.created",
+        "inbound_webhook",
+        hook.id.to_string(),
         json!({"agent_id": agent, "scheme": hook.scheme}),
     )
     .await?;
@@ -497,11 +474,11 @@ async fn update(
     .bind(body.enabled)
     .fetch_one(&mut *tx)
     .await?;
-    audit_hook(
+    auth.audit(
         &mut tx,
-        &auth,
-        id,
         "inbound_webhook.updated",
+        "inbound_webhook",
+        id.to_string(),
         json!({"enabled": hook.enabled, "secret_changed": body.secret.is_some()}),
     )
     .await?;
@@ -528,7 +505,14 @@ async fn remove(
         .bind(id)
         .execute(&mut *tx)
         .await?;
-    audit_hook(&mut tx, &auth, id, "inbound_webhook.deleted", json!({})).await?;
+    auth.audit(
+        &mut tx,
+        "inbound_webhook.deleted",
+        "inbound_webhook",
+        id.to_string(),
+        json!({}),
+    )
+    .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

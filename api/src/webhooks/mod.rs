@@ -10,13 +10,12 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use agentq_shared::audit::{self, AuditEntry};
 use agentq_shared::net;
 use agentq_shared::pagination::{Cursor, Page};
 use agentq_shared::scopes::Scope;
@@ -260,11 +259,11 @@ async fn create(
     .bind(state.keyring.encrypt(&secret))
     .fetch_one(&mut *tx)
     .await?;
-    audit_change(
+    auth.audit(
         &mut tx,
-        &auth,
-        endpoint.id,
         "webhook.created",
+        "webhook_endpoint",
+        endpoint.id.to_string(),
         json!({"url": endpoint.url}),
     )
     .await?;
@@ -273,28 +272,6 @@ async fn create(
         StatusCode::CREATED,
         Json(CreatedEndpoint { endpoint, secret }),
     ))
-}
-
-async fn audit_change(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    auth: &Auth,
-    id: Uuid,
-    action: &str,
-    details: Value,
-) -> Result<(), sqlx::Error> {
-    audit::record(
-        &mut **tx,
-        AuditEntry {
-            team_id: auth.team_id(),
-            actor: auth.actor(),
-            action,
-            target_type: "webhook_endpoint",
-            target_id: id.to_string(),
-            meta: auth.meta(),
-            details,
-        },
-    )
-    .await
 }
 
 /// Lists the team's endpoints, newest first.
@@ -377,11 +354,11 @@ async fn update(
     .fetch_optional(&mut *tx)
     .await?;
     let endpoint = endpoint.ok_or_else(|| ApiError::not_found("Webhook endpoint"))?;
-    audit_change(
+    auth.audit(
         &mut tx,
-        &auth,
-        id,
         "webhook.updated",
+        "webhook_endpoint",
+        id.to_string(),
         json!({"url": endpoint.url, "enabled": endpoint.enabled}),
     )
     .await?;
@@ -412,7 +389,14 @@ async fn remove(
     if gone.rows_affected() == 0 {
         return Err(ApiError::not_found("Webhook endpoint"));
     }
-    audit_change(&mut tx, &auth, id, "webhook.deleted", json!({})).await?;
+    auth.audit(
+        &mut tx,
+        "webhook.deleted",
+        "webhook_endpoint",
+        id.to_string(),
+        json!({}),
+    )
+    .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -445,11 +429,11 @@ async fn rotate(
     if done.rows_affected() == 0 {
         return Err(ApiError::not_found("Webhook endpoint"));
     }
-    audit_change(
+    auth.audit(
         &mut tx,
-        &auth,
-        id,
         "webhook.secret_rotated",
+        "webhook_endpoint",
+        id.to_string(),
         json!({"previous_secret_expires_at": until}),
     )
     .await?;
