@@ -177,7 +177,9 @@ async fn decide(
     .await?;
     match decided {
         Decided::Done(approval) => {
-            doorbell::ring(&mut state.redis.clone(), &state.keys, approval.run_id).await;
+            let _ =
+                doorbell::ring_watched(&mut state.redis.clone(), &state.keys, &[approval.run_id])
+                    .await;
             Ok(Json(approval))
         }
         Decided::NotFound => Err(ApiError::not_found("Approval")),

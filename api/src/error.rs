@@ -223,6 +223,26 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+impl From<agentq_shared::batch::BatchError> for ApiError {
+    fn from(e: agentq_shared::batch::BatchError) -> Self {
+        match e {
+            agentq_shared::batch::BatchError::Db(db) => match db.as_ref() {
+                sqlx::Error::PoolTimedOut => ApiError::unavailable(
+                    "database_unavailable",
+                    "The database is busy or unreachable; retry shortly.",
+                    2,
+                ),
+                other => ApiError::internal(format!("database: {other}")),
+            },
+            agentq_shared::batch::BatchError::Closed => ApiError::unavailable(
+                "shutting_down",
+                "The server is shutting down; retry shortly.",
+                2,
+            ),
+        }
+    }
+}
+
 impl From<agentq_shared::pagination::CursorError> for ApiError {
     fn from(e: agentq_shared::pagination::CursorError) -> Self {
         ApiError::validation(e.to_string())

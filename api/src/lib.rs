@@ -40,6 +40,7 @@ use agentq_shared::crypto::Keyring;
 use agentq_shared::queue::QueueError;
 use agentq_shared::queues::Queues;
 use agentq_shared::redis_conn::{self, Keys};
+use agentq_shared::runs::create::Creator;
 pub use config::ApiConfig;
 use error::ApiError;
 use hub::Hub;
@@ -92,13 +93,19 @@ impl App {
         let keys = Keys::new(config.store.redis_prefix.clone());
         let queues = Queues::new(redis.clone(), &keys)?;
         let keyring = Keyring::load(&db, config.master_key).await?;
+        let creator = Creator::new(
+            db.clone(),
+            queues.clone(),
+            (config.store.db_max_connections as usize / 3).max(1),
+        );
         let state = AppState {
+            creator,
+            hub: Arc::new(Hub::new(redis.clone(), keys.clone())),
             db,
             redis,
             keys,
             queues,
             keyring,
-            hub: Arc::new(Hub::default()),
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
             config: Arc::new(config),
             last_used: Arc::new(LastUsed::default()),
@@ -128,6 +135,7 @@ impl App {
                 .clone()
                 .run(state.db.clone(), state.config.last_used_flush),
         );
+        let marks = tokio::spawn(state.hub.clone().renew_marks());
         let doorbells = tokio::spawn(
             state
                 .hub
@@ -158,6 +166,7 @@ impl App {
         .await;
         flusher.abort();
         doorbells.abort();
+        marks.abort();
         state.last_used.flush(&state.db).await;
         // Every logger was dropped with the router: the writer flushes what is left and ends.
         if let Some(writer) = writer {

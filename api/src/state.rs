@@ -14,6 +14,7 @@ use agentq_shared::ids::{AgentId, ApiKeyId, TeamId};
 use agentq_shared::keys;
 use agentq_shared::queues::Queues;
 use agentq_shared::redis_conn::Keys;
+use agentq_shared::runs::create::Creator;
 
 use crate::config::ApiConfig;
 use crate::hub::Hub;
@@ -31,6 +32,8 @@ pub struct AppState {
     pub keys: Keys,
     /// The run and delivery queues.
     pub queues: Queues,
+    /// Group-commits triggers into runs.
+    pub creator: Creator,
     /// Encrypts stored secrets.
     pub keyring: Keyring,
     /// Run doorbells.

@@ -15,8 +15,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use agentq_shared::ids::{AgentId, RunId};
-use agentq_shared::runs::create::{self, CreateError, Created, Idempotency, NewRun};
-use agentq_shared::runs::{self, Run};
+use agentq_shared::runs::create::{
+    self, AuditInfo, CreateError, Created, Idempotency, NewRun, TriggerType,
+};
+use agentq_shared::runs::{self, Run, RunStatus};
 use agentq_shared::scopes::Scope;
 
 use crate::auth::Auth;
@@ -75,8 +77,7 @@ struct ChatReply {
     /// The run.
     run_id: RunId,
     /// Its final status: `succeeded`, `failed`, `cancelled` or `timed_out`.
-    #[schema(value_type = agentq_shared::runs::RunStatus)]
-    status: String,
+    status: RunStatus,
     /// The agent's reply.
     output: Option<String>,
     /// Why the run failed, if it did.
@@ -89,8 +90,7 @@ struct ChatPending {
     /// The run.
     run_id: RunId,
     /// Its status now, e.g. `queued` or `running`.
-    #[schema(value_type = agentq_shared::runs::RunStatus)]
-    status: String,
+    status: RunStatus,
     /// Always `null`.
     #[schema(value_type = Option<String>)]
     output: Option<Value>,
@@ -98,7 +98,7 @@ struct ChatPending {
 
 /// A trigger's kind, body and what it records.
 struct Trigger {
-    kind: &'static str,
+    kind: TriggerType,
     body: Value,
     trigger: Value,
     input: Value,
@@ -133,8 +133,8 @@ async fn trigger(
         return Err(ApiError::not_found("Agent"));
     }
     let key = idempotency_key(headers)?;
-    let idempotency = key.as_deref().map(|k| Idempotency {
-        key: k,
+    let idempotency = key.map(|key| Idempotency {
+        key,
         request_hash: create::fingerprint(t.kind, agent_id, &t.body),
     });
     let mut trigger = t.trigger;
@@ -146,18 +146,24 @@ async fn trigger(
         trigger,
         input: t.input,
         idempotency,
-        audit: t.audit_action.map(|a| (auth.actor(), auth.meta(), a)),
+        audit: t.audit_action.map(|action| {
+            let meta = auth.meta();
+            AuditInfo {
+                actor: auth.actor(),
+                request_id: meta.request_id.map(str::to_owned),
+                ip: meta.ip.map(str::to_owned),
+                action,
+            }
+        }),
     };
-    create::create_run(&state.db, &state.queues, new)
-        .await
-        .map_err(|e| match e {
-            CreateError::AgentNotFound => ApiError::not_found("Agent"),
-            CreateError::KeyReused => ApiError::conflict(
-                "idempotency_key_reused",
-                "This Idempotency-Key was already used with a different request.",
-            ),
-            CreateError::Db(e) => e.into(),
-        })
+    state.creator.create(new).await.map_err(|e| match e {
+        CreateError::AgentNotFound => ApiError::not_found("Agent"),
+        CreateError::KeyReused => ApiError::conflict(
+            "idempotency_key_reused",
+            "This Idempotency-Key was already used with a different request.",
+        ),
+        CreateError::Store(e) => e.into(),
+    })
 }
 
 fn accepted(created: Created) -> (StatusCode, Json<Run>) {
@@ -194,7 +200,7 @@ async fn signal(
     }
     let signal = json!({"type": kind, "payload": body.payload});
     let t = Trigger {
-        kind: "signal",
+        kind: TriggerType::Signal,
         body: signal.clone(),
         trigger: json!({"signal": signal}),
         input: signal,
@@ -221,7 +227,7 @@ async fn start_run(
     ApiJson(body): ApiJson<RunBody>,
 ) -> Result<(StatusCode, Json<Run>), ApiError> {
     let t = Trigger {
-        kind: "api",
+        kind: TriggerType::Api,
         body: body.input.clone(),
         trigger: json!({}),
         input: body.input,
@@ -235,7 +241,7 @@ fn chat_trigger(body: &ChatBody) -> Result<Trigger, ApiError> {
         return Err(ApiError::invalid_field("message", "must not be empty"));
     }
     Ok(Trigger {
-        kind: "chat",
+        kind: TriggerType::Chat,
         body: json!({"message": body.message}),
         trigger: json!({}),
         input: Value::String(body.message.clone()),
@@ -270,13 +276,13 @@ async fn chat(
         .min(max);
     let created = trigger(&state, &auth, id, &headers, chat_trigger(&body)?).await?;
     let run_id = created.run().id;
-    let mut sub = state.hub.subscribe(run_id);
+    let mut sub = state.hub.subscribe(run_id).await;
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let run = runs::get(&state.db, auth.team_id(), run_id)
             .await?
             .ok_or_else(|| ApiError::not_found("Run"))?;
-        if run.status().is_terminal() {
+        if run.status.is_terminal() {
             let body = ChatReply {
                 run_id: run.id,
                 status: run.status,

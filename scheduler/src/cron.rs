@@ -10,7 +10,7 @@ use sqlx::PgPool;
 
 use agentq_shared::ids::{AgentId, TeamId};
 use agentq_shared::queues::Queues;
-use agentq_shared::runs::create::{self, Idempotency, NewRun};
+use agentq_shared::runs::create::{self, Idempotency, NewRun, TriggerType};
 use agentq_shared::schedule::Schedule;
 
 use crate::{CatchUp, SchedulerConfig};
@@ -114,12 +114,12 @@ async fn make_run(
     let new = NewRun {
         team_id: agent.team_id,
         agent_id: agent.id,
-        trigger_type: "schedule",
+        trigger_type: TriggerType::Schedule,
         trigger: json!({"fire_time": at, "schedule": agent.schedule, "timezone": agent.timezone}),
         input: serde_json::Value::Null,
         idempotency: Some(Idempotency {
-            key: &key,
-            request_hash: create::fingerprint("schedule", agent.id, &body),
+            key,
+            request_hash: create::fingerprint(TriggerType::Schedule, agent.id, &body),
         }),
         audit: None,
     };

@@ -78,7 +78,11 @@ pub async fn run(
     config: SchedulerConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), SchedulerError> {
-    let db = agentq_shared::db::connect(&config.store.database_url, 4).await?;
+    let db = agentq_shared::db::connect(
+        &config.store.database_url,
+        config.store.db_max_connections.min(4),
+    )
+    .await?;
     let redis = redis_conn::connect(&config.store.redis_url).await?;
     let keys = Keys::new(config.store.redis_prefix.clone());
     let queues = Queues::new(redis.clone(), &keys)?;

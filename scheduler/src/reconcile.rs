@@ -5,8 +5,8 @@
 
 use sqlx::PgPool;
 
-use agentq_shared::ids::RunId;
 use agentq_shared::queue::Queue;
+use agentq_shared::runs::lifecycle::recover;
 use agentq_shared::runs::RunJob;
 use agentq_shared::webhooks::DeliveryJob;
 
@@ -20,39 +20,12 @@ pub(crate) async fn runs(
     queue: &Queue,
     config: &SchedulerConfig,
 ) -> Result<usize, String> {
-    // A run recorded as held while its agent was resuming would wait forever: release it.
-    sqlx::query(
-        "UPDATE runs SET held = false, parked = true, queued_at = now()
-         WHERE held AND status = 'queued' AND queued_at < now() - make_interval(secs => $1)
-           AND agent_id IN (SELECT id FROM agents WHERE status = 'active' AND deleted_at IS NULL)",
-    )
-    .bind(config.requeue_after.as_secs_f64())
-    .execute(db)
-    .await
-    .map_err(|e| e.to_string())?;
-    // queued_at doubles as "last enqueued", so one run is re-enqueued at most once per period.
-    let ids: Vec<RunId> = sqlx::query_scalar(
-        "UPDATE runs SET queued_at = now()
-         WHERE id IN (
-            SELECT id FROM runs
-            WHERE ((status = 'queued' AND NOT held AND NOT parked AND queued_at < now() - make_interval(secs => $1))
-               OR (status = 'running' AND heartbeat_at < now() - make_interval(secs => $2)
-                   AND queued_at < now() - make_interval(secs => $2)))
-            ORDER BY queued_at LIMIT $3
-            FOR UPDATE SKIP LOCKED)
-         RETURNING id",
-    )
-    .bind(config.requeue_after.as_secs_f64())
-    .bind(config.stale_after.as_secs_f64())
-    .bind(BATCH)
-    .fetch_all(db)
-    .await
-    .map_err(|e| e.to_string())?;
+    let ids = recover::lost_runs(db, config.requeue_after, config.stale_after, BATCH)
+        .await
+        .map_err(|e| e.to_string())?;
     if ids.is_empty() {
         return Ok(0);
     }
-    let mut ids = ids;
-    ids.sort();
     let payloads: Vec<String> = ids.iter().map(|id| RunJob::payload(*id)).collect();
     queue
         .enqueue_many(&payloads)

@@ -85,6 +85,44 @@ pub async fn record(db: impl PgExecutor<'_>, e: AuditEntry<'_>) -> Result<(), sq
     Ok(())
 }
 
+/// Appends many entries with one statement; run it in the transaction of the changes.
+pub async fn record_many(
+    db: impl PgExecutor<'_>,
+    entries: &[AuditEntry<'_>],
+) -> Result<(), sqlx::Error> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<AuditLogId> = entries.iter().map(|_| AuditLogId::new()).collect();
+    let teams: Vec<TeamId> = entries.iter().map(|e| e.team_id).collect();
+    let kinds: Vec<&str> = entries.iter().map(|e| e.actor.kind()).collect();
+    let key_ids: Vec<Option<ApiKeyId>> = entries.iter().map(|e| e.actor.key_id()).collect();
+    let actions: Vec<&str> = entries.iter().map(|e| e.action).collect();
+    let target_types: Vec<&str> = entries.iter().map(|e| e.target_type).collect();
+    let target_ids: Vec<&str> = entries.iter().map(|e| e.target_id.as_str()).collect();
+    let request_ids: Vec<Option<&str>> = entries.iter().map(|e| e.meta.request_id).collect();
+    let ips: Vec<Option<&str>> = entries.iter().map(|e| e.meta.ip).collect();
+    let details: Vec<&serde_json::Value> = entries.iter().map(|e| &e.details).collect();
+    sqlx::query(
+        "INSERT INTO audit_logs (id, team_id, actor_type, actor_key_id, action, target_type, target_id, request_id, ip, details)
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::text[],
+                              $8::text[], $9::text[], $10::jsonb[])",
+    )
+    .bind(&ids)
+    .bind(&teams)
+    .bind(&kinds)
+    .bind(&key_ids)
+    .bind(&actions)
+    .bind(&target_types)
+    .bind(&target_ids)
+    .bind(&request_ids)
+    .bind(&ips)
+    .bind(&details)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
 /// An audit entry as listed.
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct AuditLog {

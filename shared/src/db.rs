@@ -20,10 +20,21 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Er
         .await
 }
 
-/// Applies pending migrations. Safe to run from several processes at once (sqlx takes an
-/// advisory lock) and idempotent.
+/// The SQL functions, defined once (see the file's header).
+pub const FUNCTIONS: &str = include_str!("../sql/functions.sql");
+
+/// Applies pending migrations, then (re)defines the SQL functions. Safe to run from several
+/// processes at once (sqlx takes an advisory lock; the functions are applied in one
+/// transaction under another) and idempotent.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    MIGRATOR.run(pool).await
+    MIGRATOR.run(pool).await?;
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('agentq_functions'))")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::raw_sql(FUNCTIONS).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Whether an error is the unique violation of the named constraint.

@@ -6,6 +6,7 @@
 pub mod agents;
 pub mod approvals;
 pub mod audit;
+pub mod batch;
 pub mod config;
 pub mod crypto;
 pub mod db;
@@ -22,4 +23,5 @@ pub mod scopes;
 pub mod signing;
 pub mod teams;
 pub mod telemetry;
+pub mod text_enum;
 pub mod webhooks;

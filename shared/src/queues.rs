@@ -6,7 +6,7 @@ use crate::queue::{Queue, QueueConfig, QueueError};
 use crate::redis_conn::Keys;
 
 /// The run queue and the delivery queue.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Queues {
     /// `{runs}`: run jobs.
     pub runs: Queue,

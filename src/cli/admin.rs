@@ -28,8 +28,14 @@ fn store_config(s: &StoreArgs) -> Result<StoreConfig, ConfigError> {
         s.database_url.clone(),
         s.redis_url.clone(),
         s.redis_prefix.clone(),
-        s.db_max_connections.unwrap_or(20),
+        s.db_max_connections.unwrap_or(10),
     )
+}
+
+fn with_pool(store: &StoreConfig, connections: u32) -> StoreConfig {
+    let mut store = store.clone();
+    store.db_max_connections = connections;
+    store
 }
 
 async fn migrated_pool(s: &StoreArgs) -> Result<sqlx::PgPool, Failure> {
@@ -139,7 +145,6 @@ fn master_key(t: &TuningArgs) -> Result<Option<[u8; 32]>, ConfigError> {
 
 fn worker_config(
     store: StoreConfig,
-    pool_set: bool,
     t: &TuningArgs,
     args: &WorkerArgs,
 ) -> Result<WorkerConfig, ConfigError> {
@@ -151,11 +156,8 @@ fn worker_config(
     }
     let mut config = WorkerConfig::new(store);
     config.concurrency = args.concurrency;
-    if !pool_set {
-        // No AGENTQ_DB_MAX_CONNECTIONS: enough connections that jobs in flight never queue for one.
-        config.store.db_max_connections =
-            (args.concurrency + args.delivery_concurrency / 2 + 4).min(200) as u32;
-    }
+    // Jobs hold no connection while they wait (the lifecycle batches their statements), so
+    // the pool stays at AGENTQ_DB_MAX_CONNECTIONS whatever the concurrency.
     config.stale_after = seconds("AGENTQ_STALE_AFTER_SECONDS", t.stale_after_seconds)?;
     config.heartbeat_every = config.stale_after / 4;
     config.claim_idle = seconds("AGENTQ_CLAIM_IDLE_SECONDS", args.claim_idle_seconds)?;
@@ -212,7 +214,7 @@ pub(crate) async fn serve_worker(
     t: &TuningArgs,
     args: WorkerArgs,
 ) -> Result<(), Failure> {
-    let config = worker_config(store_config(s)?, s.db_max_connections.is_some(), t, &args)?;
+    let config = worker_config(store_config(s)?, t, &args)?;
     agentq_worker::run(config, stopped(shutdown_signal())).await?;
     Ok(())
 }
@@ -229,14 +231,13 @@ pub(crate) async fn serve_scheduler(
 
 pub(crate) async fn serve_all(s: &StoreArgs, t: &TuningArgs, args: AllArgs) -> Result<(), Failure> {
     let store = store_config(s)?;
-    let api = api_config(store.clone(), t, &args.api)?;
-    let worker = worker_config(
-        store.clone(),
-        s.db_max_connections.is_some(),
-        t,
-        &args.worker,
-    )?;
-    let scheduler = scheduler_config(store, t, &args.scheduler)?;
+    // One process, one connection budget: the roles share AGENTQ_DB_MAX_CONNECTIONS.
+    let budget = store.db_max_connections;
+    let api_share = (budget / 2).max(2);
+    let worker_share = budget.saturating_sub(api_share + 2).max(3);
+    let api = api_config(with_pool(&store, api_share), t, &args.api)?;
+    let worker = worker_config(with_pool(&store, worker_share), t, &args.worker)?;
+    let scheduler = scheduler_config(with_pool(&store, 2), t, &args.scheduler)?;
     migrated_pool(s).await?;
     let rx = shutdown_signal();
     let app = App::build(api).await?;

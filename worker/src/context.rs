@@ -7,6 +7,7 @@ use sqlx::PgPool;
 
 use agentq_shared::crypto::Keyring;
 use agentq_shared::queues::Queues;
+use agentq_shared::runs::lifecycle::Lifecycle;
 
 use crate::webhooks::EndpointLimits;
 use agentq_shared::redis_conn::Keys;
@@ -25,6 +26,8 @@ pub struct Ctx {
     pub keys: Keys,
     /// The run and delivery queues (producer side).
     pub queues: Queues,
+    /// The run lifecycle's batched transitions.
+    pub lifecycle: Lifecycle,
     pub(crate) http: SafeClient,
     /// Decrypts endpoint secrets.
     pub keyring: Keyring,

@@ -21,6 +21,8 @@ use agentq_shared::crypto::Keyring;
 use agentq_shared::queue::{DeliveryInfo, Queue, QueueConfig, StreamBackend, StreamBackendOptions};
 use agentq_shared::queues::Queues;
 use agentq_shared::redis_conn::{self, Keys};
+use agentq_shared::runs::doorbell::Doorbell;
+use agentq_shared::runs::lifecycle::{Lanes, Lifecycle};
 use agentq_shared::runs::RunJob;
 use agentq_shared::webhooks::schedule::RetrySchedule;
 use agentq_shared::webhooks::DeliveryJob;
@@ -105,8 +107,8 @@ pub async fn run(
 ) -> Result<(), WorkerError> {
     let config = Arc::new(config);
     let db =
-        // Jobs hold a connection only for each statement, so the pool can be smaller than the
-        // concurrency; AGENTQ_DB_MAX_CONNECTIONS sizes it.
+        // Jobs hold no connection while they wait: the lifecycle's batches (a few lanes) and
+        // short reads share a small pool, whatever the concurrency (AGENTQ_DB_MAX_CONNECTIONS).
         agentq_shared::db::connect(&config.store.database_url, config.store.db_max_connections)
             .await?;
     let redis = redis_conn::connect(&config.store.redis_url).await?;
@@ -132,11 +134,19 @@ pub async fn run(
     )
     .await
     .map_err(|e| WorkerError::Queue(e.to_string()))?;
+    let queues = Queues {
+        runs: runs.clone(),
+        deliveries: deliveries.clone(),
+    };
+    let lifecycle = Lifecycle::new(
+        db.clone(),
+        queues.clone(),
+        Doorbell::new(redis.clone(), keys.clone()),
+        Lanes::for_pool(config.store.db_max_connections),
+    );
     let ctx = Ctx {
-        queues: Queues {
-            runs: runs.clone(),
-            deliveries: deliveries.clone(),
-        },
+        queues,
+        lifecycle,
         keyring,
         endpoint_limits: Arc::new(webhooks::EndpointLimits::new(config.endpoint_concurrency)),
         db,

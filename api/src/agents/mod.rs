@@ -17,7 +17,7 @@ use utoipa_axum::routes;
 use agentq_shared::agents::{self, Agent, AgentView, AGENT_COLUMNS};
 use agentq_shared::ids::{AgentId, RunId};
 use agentq_shared::pagination::{Cursor, Page};
-use agentq_shared::runs::RunJob;
+use agentq_shared::runs::{lifecycle, RunJob};
 use agentq_shared::scopes::Scope;
 use agentq_shared::webhooks::{self, Outbox};
 
@@ -264,20 +264,9 @@ async fn remove(
     .await?;
     let agent = agent.ok_or_else(|| ApiError::not_found("Agent"))?;
     // Runs not yet started, or waiting for a person, will never go on now; running ones finish.
-    sqlx::query(
-        "UPDATE approvals SET status = 'cancelled', decided_at = now() WHERE agent_id = $1 AND status = 'pending'",
-    )
-    .bind(id)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "UPDATE runs SET status = 'cancelled', held = false, parked = false, finished_at = now(), error = 'agent deleted'
-         WHERE agent_id = $1 AND status IN ('queued', 'waiting_approval')",
-    )
-    .bind(id)
-    .execute(&mut *tx)
-    .await?;
-    let outbox = record_change(&mut tx, &auth, &agent, "agent.deleted").await?;
+    let cancelled = lifecycle::cancel::cancel_for_agent(&mut tx, id).await?;
+    let mut outbox = record_change(&mut tx, &auth, &agent, "agent.deleted").await?;
+    outbox.extend(cancelled);
     tx.commit().await?;
     outbox.send(&state.queues.deliveries).await;
     Ok(StatusCode::NO_CONTENT)
@@ -351,32 +340,7 @@ async fn set_status(
     let agent = agent.ok_or_else(|| ApiError::not_found("Agent"))?;
     let mut released: Vec<RunId> = Vec::new();
     if status == "active" {
-        // Held runs join the parked line in their order; the free slots go to the oldest,
-        // and each run that ends hands its slot to the next (agentq_unpark_next).
-        sqlx::query(
-            "UPDATE runs SET held = false, parked = true, queued_at = now()
-             WHERE agent_id = $1 AND held AND status = 'queued'",
-        )
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        let running: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM runs WHERE agent_id = $1 AND status = 'running'",
-        )
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?;
-        let free = (i64::from(agent.max_concurrent_runs) - running).max(0);
-        for _ in 0..free {
-            let next: Option<RunId> = sqlx::query_scalar("SELECT agentq_unpark_next($1)")
-                .bind(id)
-                .fetch_one(&mut *tx)
-                .await?;
-            match next {
-                Some(run) => released.push(run),
-                None => break,
-            }
-        }
+        released = lifecycle::cancel::release_held(&mut tx, id).await?;
     }
     let action = if status == "active" {
         "agent.resumed"

@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use agentq_shared::audit::{self, Actor, AuditEntry, RequestMeta};
 use agentq_shared::ids::{AgentId, TeamId};
-use agentq_shared::runs::create::{self, CreateError, Idempotency, NewRun};
+use agentq_shared::runs::create::{self, CreateError, Idempotency, NewRun, TriggerType};
 
 use super::verify::{self, Check, Refused};
 use crate::context::RequestContext;
@@ -320,16 +320,20 @@ async fn store(
     let new = NewRun {
         team_id: hook.team_id,
         agent_id: hook.agent_id,
-        trigger_type: "webhook",
+        trigger_type: TriggerType::Webhook,
         trigger: json!({"hook_id": hook.id, "event_id": event_id, "scheme": hook.scheme, "headers": headers, "body": body}),
         input: body.clone(),
         idempotency: Some(Idempotency {
-            key: &key,
-            request_hash: create::fingerprint("webhook", hook.agent_id, &json!(event_id)),
+            key,
+            request_hash: create::fingerprint(
+                TriggerType::Webhook,
+                hook.agent_id,
+                &json!(event_id),
+            ),
         }),
         audit: None,
     };
-    let run = match create::create_run(&state.db, &state.queues, new).await {
+    let run = match state.creator.create(new).await {
         Ok(created) => created.run().id,
         Err(CreateError::AgentNotFound) => return Err(ApiError::not_found("Hook")),
         Err(e) => return Err(unavailable(e)),

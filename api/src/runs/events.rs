@@ -24,7 +24,7 @@ pub(crate) fn stream(
     after: i32,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let body = async_stream::stream! {
-        let mut sub = state.hub.subscribe(run);
+        let mut sub = state.hub.subscribe(run).await;
         let mut stopping = state.stopping.subscribe();
         let mut last = after;
         loop {
@@ -48,7 +48,7 @@ pub(crate) fn stream(
             // Ended? Steps are all committed before the run ends, so one more read after
             // seeing the end catches any written since the read above.
             let finished = match runs::get_any(&state.db, run).await {
-                Ok(Some(r)) if r.status().is_terminal() => Some(r),
+                Ok(Some(r)) if r.status.is_terminal() => Some(r),
                 Ok(_) => None,
                 Err(e) => {
                     tracing::warn!(run_id = %run, error = %e, "event stream read failed");

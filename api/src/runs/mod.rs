@@ -15,8 +15,11 @@ use utoipa_axum::routes;
 use agentq_shared::agents;
 use agentq_shared::ids::{AgentId, RunId};
 use agentq_shared::pagination::{Cursor, Page};
+use agentq_shared::runs::create::TriggerType;
+use agentq_shared::runs::doorbell;
+use agentq_shared::runs::lifecycle::cancel::{self, CancelOutcome};
 use agentq_shared::runs::steps::{self, Step};
-use agentq_shared::runs::{self, CancelOutcome, Run, RunFilter, RunStatus};
+use agentq_shared::runs::{self, Run, RunFilter, RunStatus};
 use agentq_shared::scopes::Scope;
 
 use crate::auth::Auth;
@@ -78,25 +81,6 @@ struct ListQuery {
     cursor: Option<String>,
 }
 
-/// How a run was started.
-#[derive(utoipa::ToSchema)]
-#[schema(rename_all = "snake_case")]
-#[allow(dead_code)] // Documents the strings `list` accepts.
-enum TriggerType {
-    /// `POST /agents/{id}/runs`.
-    Api,
-    /// `POST /agents/{id}/signals`.
-    Signal,
-    /// `POST /agents/{id}/chat`.
-    Chat,
-    /// An inbound webhook.
-    Webhook,
-    /// The agent's schedule.
-    Schedule,
-    /// An MCP tool call.
-    Mcp,
-}
-
 /// Lists an agent's runs, newest first (a deleted agent's runs stay readable).
 ///
 /// Scope: `runs:read`.
@@ -116,18 +100,21 @@ async fn list(
         .map(str::parse::<RunStatus>)
         .transpose()
         .map_err(|e| ApiError::invalid_field("status", e))?;
-    if let Some(t) = &q.trigger {
-        if !["api", "signal", "chat", "webhook", "schedule", "mcp"].contains(&t.as_str()) {
-            return Err(ApiError::invalid_field(
+    let trigger = q
+        .trigger
+        .as_deref()
+        .map(str::parse::<TriggerType>)
+        .transpose()
+        .map_err(|_| {
+            ApiError::invalid_field(
                 "trigger",
                 "use one of api, signal, chat, webhook, schedule, mcp",
-            ));
-        }
-    }
+            )
+        })?;
     let cursor = Cursor::new(q.limit, q.cursor.as_deref())?;
     let filter = RunFilter {
         status,
-        trigger: q.trigger,
+        trigger,
         from: q.from,
         to: q.to,
     };
@@ -167,9 +154,10 @@ async fn cancel(
 ) -> Result<Response, ApiError> {
     auth.require(Scope::AgentsWrite)?;
     visible_run(&state, &auth, id).await?;
-    match runs::cancel(&state.db, &state.queues, auth.team_id(), id).await? {
+    match cancel::cancel(&state.db, &state.queues, auth.team_id(), id).await? {
         CancelOutcome::Cancelled(run) => {
-            agentq_shared::runs::doorbell::ring(&mut state.redis.clone(), &state.keys, id).await;
+            let mut redis = state.redis.clone();
+            let _ = doorbell::ring_watched(&mut redis, &state.keys, &[id]).await;
             Ok((StatusCode::OK, Json(run)).into_response())
         }
         CancelOutcome::Requested(run) => Ok((StatusCode::ACCEPTED, Json(run)).into_response()),

@@ -15,7 +15,8 @@ use crate::audit::{self, Actor, AuditEntry, RequestMeta};
 use crate::ids::{AgentId, ApiKeyId, RunId, TeamId};
 use crate::pagination::{Cursor, Page};
 use crate::queues::Queues;
-use crate::runs::{create, RunStatus};
+use crate::runs::create;
+use crate::runs::lifecycle::wait;
 use crate::webhooks::{self, Outbox};
 
 /// The tool result recorded when a call was refused (rejected, or expired without a yes).
@@ -257,67 +258,10 @@ async fn move_run_on(
     let mut outbox =
         webhooks::emit(tx, a.team_id, "approval.resolved", Some(a.agent_id), &data).await?;
     if goes_on {
-        let run: Option<RunId> = sqlx::query_scalar(
-            "UPDATE runs SET status = 'queued', queued_at = now() WHERE id = $1 AND status = ANY($2) RETURNING id",
-        )
-        .bind(a.run_id)
-        .bind(RunStatus::Queued.source_strs())
-        .fetch_optional(&mut **tx)
-        .await?;
-        return Ok((run, outbox));
+        return Ok((wait::requeue(tx, a.run_id).await?, outbox));
     }
-    outbox.extend(fail_waiting_run(tx, a.run_id, why).await?);
+    outbox.extend(wait::fail_waiting(tx, a.run_id, why).await?);
     Ok((None, outbox))
-}
-
-/// Ends a waiting run as failed, with its usage record, a notification and `run.failed`.
-async fn fail_waiting_run(
-    tx: &mut Transaction<'_, Postgres>,
-    run: RunId,
-    why: &str,
-) -> Result<Outbox, sqlx::Error> {
-    let sources: Vec<&str> = RunStatus::Failed
-        .source_strs()
-        .into_iter()
-        .filter(|s| *s == RunStatus::WaitingApproval.as_str())
-        .collect();
-    let ended: Option<RunId> = sqlx::query_scalar(
-        "WITH counts AS (
-            SELECT count(*)::int AS steps, count(*) FILTER (WHERE kind = 'tool_call')::int AS tool_calls
-            FROM run_steps WHERE run_id = $1
-         ), r AS (
-            UPDATE runs SET status = 'failed', finished_at = now(), error = $2,
-                   usage = jsonb_build_object(
-                       'duration_ms', (extract(epoch FROM now() - runs.started_at) * 1000)::bigint,
-                       'steps', (SELECT steps FROM counts), 'tool_calls', (SELECT tool_calls FROM counts),
-                       'input_tokens', 0, 'output_tokens', 0)
-            WHERE id = $1 AND status = ANY($3)
-            RETURNING id, team_id, agent_id, usage
-         )
-         INSERT INTO usage_records (run_id, team_id, agent_id, status, duration_ms, steps, tool_calls)
-         SELECT id, team_id, agent_id, 'failed', (usage->>'duration_ms')::bigint, (usage->>'steps')::int,
-                (usage->>'tool_calls')::int FROM r
-         RETURNING run_id",
-    )
-    .bind(run)
-    .bind(why)
-    .bind(sources)
-    .fetch_optional(&mut **tx)
-    .await?;
-    if ended.is_none() {
-        return Ok(Outbox::default());
-    }
-    sqlx::query("SELECT agentq_notify_run_end($1)")
-        .bind(run)
-        .execute(&mut **tx)
-        .await?;
-    let outbox: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT agentq_emit(team_id, 'run.failed', agent_id, agentq_run_json(id)) FROM runs WHERE id = $1",
-    )
-    .bind(run)
-    .fetch_one(&mut **tx)
-    .await?;
-    Ok(Outbox(outbox))
 }
 
 /// Cancels a run's pending approvals (the run is being cancelled in the same transaction),

@@ -1,13 +1,33 @@
 //! The doorbell that tells stream readers in any API process that a run has new steps or
 //! ended. It carries no data: readers re-read Postgres, so a lost ring (Redis restart) only
 //! delays a reader until its next periodic check, and never loses or repeats a step.
+//!
+//! No work for nobody: a reader marks the run as watched (`watch:<run>`, with a TTL it keeps
+//! renewing) before it first reads Postgres, and writers ring only watched runs. A
+//! [`Doorbell`] batches rings: one `MGET` of the watch keys per batch, then a `PUBLISH` per
+//! watched run. A writer that checks just before a reader marks the run cannot lose a step:
+//! the write committed before the check, so the reader's first read, which follows its mark,
+//! sees it.
 
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+
+use crate::batch::{BatchError, Batcher};
 use crate::ids::RunId;
 use crate::redis_conn::Keys;
+
+/// How long a watch mark lives without renewal.
+pub const WATCH_TTL: Duration = Duration::from_secs(30);
 
 /// The channel a run's rings are published on.
 pub fn channel(keys: &Keys, run: RunId) -> String {
     keys.key("runs", &format!("steps:{run}"))
+}
+
+/// The key that says someone streams this run.
+pub fn watch_key(keys: &Keys, run: RunId) -> String {
+    keys.key("runs", &format!("watch:{run}"))
 }
 
 /// The pattern that matches every run's channel under this prefix.
@@ -20,14 +40,91 @@ pub fn run_of(channel: &str) -> Option<RunId> {
     channel.rsplit_once("steps:")?.1.parse().ok()
 }
 
-/// Rings the run's bell; failure is only logged (readers poll as a fallback).
-pub async fn ring(conn: &mut redis::aio::ConnectionManager, keys: &Keys, run: RunId) {
-    let r: Result<i64, _> = redis::cmd("PUBLISH")
-        .arg(channel(keys, run))
-        .arg("1")
+/// Marks runs as watched (or renews the marks), in one round trip.
+pub async fn watch(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    runs: &[RunId],
+) -> redis::RedisResult<()> {
+    if runs.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    for run in runs {
+        pipe.cmd("SET")
+            .arg(watch_key(keys, *run))
+            .arg(1)
+            .arg("EX")
+            .arg(WATCH_TTL.as_secs())
+            .ignore();
+    }
+    pipe.query_async(conn).await
+}
+
+/// Rings the bells of those of `runs` that someone watches: one `MGET`, then the publishes.
+pub async fn ring_watched(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    runs: &[RunId],
+) -> redis::RedisResult<usize> {
+    if runs.is_empty() {
+        return Ok(0);
+    }
+    let watch_keys: Vec<String> = runs.iter().map(|r| watch_key(keys, *r)).collect();
+    let marks: Vec<Option<String>> = redis::cmd("MGET")
+        .arg(&watch_keys)
         .query_async(conn)
-        .await;
-    if let Err(e) = r {
-        tracing::debug!(run_id = %run, error = %e, "doorbell publish failed");
+        .await?;
+    let watched: Vec<RunId> = runs
+        .iter()
+        .zip(marks)
+        .filter_map(|(r, m)| m.map(|_| *r))
+        .collect();
+    if watched.is_empty() {
+        return Ok(0);
+    }
+    let mut pipe = redis::pipe();
+    for run in &watched {
+        pipe.cmd("PUBLISH")
+            .arg(channel(keys, *run))
+            .arg("1")
+            .ignore();
+    }
+    pipe.query_async::<()>(conn).await?;
+    Ok(watched.len())
+}
+
+/// Batched, fire-and-forget rings; failures are only logged (readers poll as a fallback).
+#[derive(Clone, Debug)]
+pub struct Doorbell {
+    batcher: Batcher<RunId, ()>,
+}
+
+impl Doorbell {
+    /// Starts the ringer on `conn`.
+    pub fn new(conn: ConnectionManager, keys: Keys) -> Self {
+        let batcher = Batcher::spawn("doorbell", 1, 4096, move |mut runs: Vec<RunId>| {
+            let (mut conn, keys) = (conn.clone(), keys.clone());
+            async move {
+                let n = runs.len();
+                runs.sort_unstable();
+                runs.dedup();
+                if let Err(e) = ring_watched(&mut conn, &keys, &runs).await {
+                    tracing::debug!(error = %e, "doorbell ring failed");
+                }
+                Ok::<_, BatchError>(vec![(); n])
+            }
+        });
+        Self { batcher }
+    }
+
+    /// Rings the run's bell soon, if someone watches it.
+    pub fn ring(&self, run: RunId) {
+        self.batcher.submit(run);
+    }
+
+    /// Rings the run's bell and waits until it was rung (or failed).
+    pub async fn ring_now(&self, run: RunId) {
+        let _ = self.batcher.call(run).await;
     }
 }

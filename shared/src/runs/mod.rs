@@ -1,12 +1,13 @@
 //! Runs: one execution of an agent, from trigger to final state. This module holds the run
-//! row, its queries, how a trigger becomes a run ([`create`]), the state table ([`status`]),
-//! its steps and usage, and the Redis doorbell that tells streams a step was written.
+//! row and its read queries, its steps and usage, and the Redis doorbell that tells streams
+//! a step was written. Every change of a run's state lives in [`lifecycle`].
 
-pub mod create;
 pub mod doorbell;
-pub mod status;
+pub mod lifecycle;
 pub mod steps;
 pub mod usage;
+
+pub use lifecycle::{create, status};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -15,7 +16,7 @@ use sqlx::PgExecutor;
 
 use crate::ids::{AgentId, RunId, TeamId};
 use crate::pagination::{Cursor, Page};
-pub use status::RunStatus;
+pub use lifecycle::RunStatus;
 
 /// A run as stored and shown.
 #[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -28,8 +29,7 @@ pub struct Run {
     /// The agent run.
     pub agent_id: AgentId,
     /// Current state.
-    #[schema(value_type = crate::runs::RunStatus)]
-    pub status: String,
+    pub status: RunStatus,
     /// Whether it waits for its paused agent.
     #[serde(skip)]
     pub held: bool,
@@ -65,13 +65,6 @@ pub struct Run {
     #[serde(skip)]
     /// When the current execution must end.
     pub deadline_at: Option<DateTime<Utc>>,
-}
-
-impl Run {
-    /// The parsed status (stored values are constrained by the database).
-    pub fn status(&self) -> RunStatus {
-        self.status.parse().unwrap_or(RunStatus::Failed)
-    }
 }
 
 /// Columns of [`Run`].
@@ -123,7 +116,7 @@ pub struct RunFilter {
     /// Exact status.
     pub status: Option<RunStatus>,
     /// Trigger type.
-    pub trigger: Option<String>,
+    pub trigger: Option<create::TriggerType>,
     /// Created at or after.
     pub from: Option<DateTime<Utc>>,
     /// Created before.
@@ -151,7 +144,7 @@ pub async fn list_for_agent(
     .bind(team_id)
     .bind(agent_id)
     .bind(f.status.map(|s| s.as_str()))
-    .bind(&f.trigger)
+    .bind(f.trigger)
     .bind(f.from)
     .bind(f.to)
     .bind(cursor.after)
@@ -159,64 +152,4 @@ pub async fn list_for_agent(
     .fetch_all(db)
     .await?;
     Ok(cursor.page(rows, |r| r.id.0))
-}
-
-/// What a cancel request did.
-pub enum CancelOutcome {
-    /// The run was not executing and is now cancelled.
-    Cancelled(Run),
-    /// The run is executing; it stops at its next step.
-    Requested(Run),
-    /// The run had already ended.
-    AlreadyFinished(Run),
-    /// No such run.
-    NotFound,
-}
-
-/// Cancels a run: at once if queued or waiting (with its pending approvals), else by
-/// flagging it for its worker.
-pub async fn cancel(
-    pool: &sqlx::PgPool,
-    queues: &crate::queues::Queues,
-    team_id: TeamId,
-    id: RunId,
-) -> Result<CancelOutcome, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let done: Option<Run> = sqlx::query_as(&format!(
-        "UPDATE runs SET status = 'cancelled', held = false, parked = false, finished_at = now(), error = 'cancelled on request'
-         WHERE id = $1 AND team_id = $2 AND status IN ('queued', 'waiting_approval')
-         RETURNING {RUN_COLUMNS}"
-    ))
-    .bind(id)
-    .bind(team_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if let Some(run) = done {
-        let mut outbox = crate::approvals::cancel_for_run(&mut tx, run.id).await?;
-        let data = serde_json::to_value(&run).unwrap_or(Value::Null);
-        outbox.extend(
-            crate::webhooks::emit(&mut tx, team_id, "run.cancelled", Some(run.agent_id), &data)
-                .await?,
-        );
-        tx.commit().await?;
-        outbox.send(&queues.deliveries).await;
-        return Ok(CancelOutcome::Cancelled(run));
-    }
-    let flagged: Option<Run> = sqlx::query_as(&format!(
-        "UPDATE runs SET cancel_requested = true
-         WHERE id = $1 AND team_id = $2 AND status = 'running'
-         RETURNING {RUN_COLUMNS}"
-    ))
-    .bind(id)
-    .bind(team_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    if let Some(run) = flagged {
-        return Ok(CancelOutcome::Requested(run));
-    }
-    Ok(match get(pool, team_id, id).await? {
-        Some(run) => CancelOutcome::AlreadyFinished(run),
-        None => CancelOutcome::NotFound,
-    })
 }

@@ -10,6 +10,38 @@ use uuid::Uuid;
 use crate::ids::{AgentId, RunId};
 use crate::pagination::{Cursor, Page};
 
+crate::text_enum! {
+    /// What a step is.
+    pub enum StepKind {
+        /// The run's input.
+        Input = "input",
+        /// A message (the agent's reply, or a user's).
+        Message = "message",
+        /// A tool call.
+        ToolCall = "tool_call",
+        /// A tool call's result.
+        ToolResult = "tool_result",
+        /// A tool call waits for a person.
+        ApprovalRequested = "approval_requested",
+        /// What went wrong.
+        Error = "error",
+    }
+}
+
+crate::text_enum! {
+    /// Who a step speaks for.
+    pub enum Role {
+        /// The person or system that triggered the run.
+        User = "user",
+        /// The agent.
+        Assistant = "assistant",
+        /// A tool.
+        Tool = "tool",
+        /// agentq itself.
+        System = "system",
+    }
+}
+
 /// One step of a run.
 #[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Step {
@@ -21,10 +53,10 @@ pub struct Step {
     pub agent_id: AgentId,
     /// Position in the run, from 1; the SSE event id.
     pub seq: i32,
-    /// `input`, `message`, `tool_call`, `tool_result` or `error`.
-    pub kind: String,
-    /// `user`, `assistant`, `tool` or `system`.
-    pub role: String,
+    /// What the step is.
+    pub kind: StepKind,
+    /// Who it speaks for.
+    pub role: Role,
     /// Text, if any.
     pub content: Option<String>,
     /// Tool name (tool calls and results).

@@ -70,6 +70,57 @@ pub async fn emit(
     Ok(Outbox(ids))
 }
 
+/// An event to emit.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    /// The team.
+    pub team_id: TeamId,
+    /// The agent it is about, if any (endpoints may filter by agent).
+    pub agent_id: Option<AgentId>,
+    /// Its type, one of [`EVENT_TYPES`].
+    pub kind: &'static str,
+    /// Its `data`.
+    pub data: Value,
+}
+
+impl NewEvent {
+    /// An event about a run, whose data is the run as the API shows it.
+    pub fn of_run(kind: &'static str, run: &crate::runs::Run) -> Self {
+        Self {
+            team_id: run.team_id,
+            agent_id: Some(run.agent_id),
+            kind,
+            data: serde_json::to_value(run).unwrap_or(Value::Null),
+        }
+    }
+}
+
+/// Emits many events with one statement, inside the caller's transaction (batched triggers,
+/// starts and endings).
+pub async fn emit_events(
+    conn: &mut sqlx::PgConnection,
+    events: &[NewEvent],
+) -> Result<Outbox, sqlx::Error> {
+    if events.is_empty() {
+        return Ok(Outbox::default());
+    }
+    let teams: Vec<TeamId> = events.iter().map(|e| e.team_id).collect();
+    let agents: Vec<Option<AgentId>> = events.iter().map(|e| e.agent_id).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind).collect();
+    let data: Vec<&Value> = events.iter().map(|e| &e.data).collect();
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT x FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[]) AS d(team_id, agent_id, kind, data),
+                LATERAL unnest(agentq_emit(d.team_id, d.kind, d.agent_id, d.data)) AS x",
+    )
+    .bind(&teams)
+    .bind(&agents)
+    .bind(&kinds)
+    .bind(&data)
+    .fetch_all(conn)
+    .await?;
+    Ok(Outbox(ids))
+}
+
 /// The queue payload of a delivery.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct DeliveryJob {

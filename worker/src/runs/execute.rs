@@ -14,11 +14,11 @@ use tokio::sync::watch;
 use agentq_shared::agents::Agent;
 use agentq_shared::approvals::policy::Policy;
 use agentq_shared::ids::RunId;
-use agentq_shared::runs::steps::{self, Step};
-use agentq_shared::runs::{self, doorbell, Run, RunStatus};
-use agentq_shared::webhooks::Outbox;
+use agentq_shared::runs::lifecycle::wait::{self, ApprovalRequest};
+use agentq_shared::runs::lifecycle::{Ending, Lease, NewStep, StepWrite, Written};
+use agentq_shared::runs::steps::{self, Role, Step, StepKind};
+use agentq_shared::runs::{Run, RunStatus};
 
-use super::store::{self, ApprovalRequest, Ending, Lease, NewStep, Written};
 use super::JobError;
 use crate::context::Ctx;
 use crate::runtime::{Action, AnyRuntime, Progress, Runtime};
@@ -34,11 +34,8 @@ enum Signal {
 /// How the loop ended.
 enum End {
     Finished(RunStatus, Option<String>, Option<String>),
-    /// Waiting for a person; `next` got the agent slot this run freed.
-    Waiting {
-        next: Option<RunId>,
-        outbox: Outbox,
-    },
+    /// Waiting for a person (the wait handed the agent slot on).
+    Waiting,
     Lost,
 }
 
@@ -54,37 +51,16 @@ pub(super) async fn execute(
     beat.abort();
     // A store failure leaves the job pending: it is redelivered and the run resumed from
     // its last persisted step.
-    let next = match result? {
-        End::Lost => {
-            tracing::info!("lease lost; another worker owns the run now");
-            return Ok(());
-        }
-        End::Waiting { next, outbox } => {
-            tracing::info!("run waits for approval");
-            outbox.send(&ctx.queues.deliveries).await;
-            next
-        }
+    match result? {
+        End::Lost => tracing::info!("lease lost; another worker owns the run now"),
+        End::Waiting => tracing::info!("run waits for approval"),
         End::Finished(status, output, error) => {
-            let ending = Ending {
-                status,
-                output: output.as_deref(),
-                error: error.as_deref(),
-            };
-            let finished = store::finish(&ctx.db, &lease, ending).await?;
-            if finished.applied {
-                metrics::counter!("agentq_runs_finished_total", "status" => status.as_str())
-                    .increment(1);
+            let ending = Ending::finish(&lease, status, output, error);
+            if ctx.lifecycle.finish(ending).await? {
                 tracing::info!(status = %status, "run finished");
             }
-            finished.outbox.send(&ctx.queues.deliveries).await;
-            finished.next
         }
-    };
-    if let Some(next) = next {
-        // If this enqueue is lost, the reconciler finds the unparked run still queued.
-        runs::create::enqueue(&ctx.queues.runs, next).await;
     }
-    doorbell::ring(&mut ctx.redis.clone(), &ctx.keys, lease.run).await;
     Ok(())
 }
 
@@ -93,9 +69,10 @@ async fn heartbeat(ctx: Ctx, lease: Lease, tx: watch::Sender<Signal>) {
     tick.tick().await;
     loop {
         tick.tick().await;
-        match store::heartbeat(&ctx.db, &lease).await {
+        match ctx.lifecycle.heartbeat(lease).await {
             Ok(Written::Ok {
                 cancel_requested: true,
+                ..
             }) => {
                 let _ = tx.send(Signal::Cancel);
             }
@@ -109,16 +86,8 @@ async fn heartbeat(ctx: Ctx, lease: Lease, tx: watch::Sender<Signal>) {
     }
 }
 
-fn step(kind: &'static str, role: &'static str, content: Option<String>) -> NewStep {
-    NewStep {
-        kind,
-        role,
-        content,
-        tool_name: None,
-        tool_call_id: None,
-        arguments: None,
-        result: None,
-    }
+fn step(kind: StepKind, role: Role, content: Option<String>) -> NewStep {
+    NewStep::new(kind, role, content)
 }
 
 fn input_text(input: &Value) -> Option<String> {
@@ -155,7 +124,7 @@ async fn run_steps(
 ) -> Result<End, JobError> {
     // The run as read before the lease was taken; only the lease changed it since.
     run.attempts = lease.attempt;
-    run.status = RunStatus::Running.as_str().to_owned();
+    run.status = RunStatus::Running;
     let policy: Policy = agent.policy();
     let mut runtime = match AnyRuntime::for_agent(agent, &ctx.http) {
         Ok(r) => r,
@@ -168,7 +137,7 @@ async fn run_steps(
         reads_history: runtime.reads_history(),
     };
     if run.next_seq == 1 {
-        let first = step("input", "user", input_text(&run.input));
+        let first = step(StepKind::Input, Role::User, input_text(&run.input));
         if let Flow::Stop(end) = write(ctx, lease, cur.position, None, vec![first]).await? {
             return Ok(end);
         }
@@ -177,15 +146,17 @@ async fn run_steps(
     // run cannot have one, so it skips the lookup.)
     let resumed = run.next_seq > 1;
     let decided = if resumed {
-        store::decided_approval(&ctx.db, run.id).await?
+        wait::decided_approval(&ctx.db, run.id).await?
     } else {
         None
     };
     if let Some(decided) = decided {
-        match store::apply_decision(&ctx.db, lease, &decided).await? {
+        match wait::apply_decision(&ctx.db, lease, &decided).await? {
             Written::Lost => return Ok(End::Lost),
-            Written::Ok { cancel_requested } => {
-                doorbell::ring(&mut ctx.redis.clone(), &ctx.keys, lease.run).await;
+            Written::Ok {
+                cancel_requested, ..
+            } => {
+                ctx.lifecycle.doorbell().ring(lease.run);
                 if cancel_requested {
                     return Ok(cancelled(cur.last_reply));
                 }
@@ -209,7 +180,7 @@ async fn run_steps(
         let action = match until_deadline(lease, signal, runtime.next(&progress)).await {
             Wait::Done(Ok(a)) => a,
             Wait::Done(Err(e)) => {
-                let err_step = step("error", "system", Some(e.0.clone()));
+                let err_step = step(StepKind::Error, Role::System, Some(e.0.clone()));
                 let _ = write(ctx, lease, cur.position, None, vec![err_step]).await?;
                 return Ok(End::Finished(RunStatus::Failed, cur.last_reply, Some(e.0)));
             }
@@ -218,7 +189,7 @@ async fn run_steps(
         let new_steps = match action {
             Action::Reply(text) => {
                 cur.last_reply = Some(text.clone());
-                vec![step("message", "assistant", Some(text))]
+                vec![step(StepKind::Message, Role::Assistant, Some(text))]
             }
             Action::Tool {
                 name,
@@ -234,10 +205,12 @@ async fn run_steps(
                         result: &result,
                         policy: &policy,
                     };
-                    return Ok(match store::wait_for_approval(&ctx.db, lease, req).await? {
-                        Some((next, outbox)) => End::Waiting { next, outbox },
-                        None => End::Lost,
-                    });
+                    let waiting = wait::wait_for_approval(&ctx.db, &ctx.queues, lease, req).await?;
+                    if waiting {
+                        ctx.lifecycle.doorbell().ring(lease.run);
+                        return Ok(End::Waiting);
+                    }
+                    return Ok(End::Lost);
                 }
                 let call_id = format!("call_{}", uuid::Uuid::now_v7().simple());
                 vec![
@@ -245,13 +218,13 @@ async fn run_steps(
                         tool_name: Some(name.clone()),
                         tool_call_id: Some(call_id.clone()),
                         arguments: Some(arguments),
-                        ..step("tool_call", "assistant", None)
+                        ..step(StepKind::ToolCall, Role::Assistant, None)
                     },
                     NewStep {
                         tool_name: Some(name),
                         tool_call_id: Some(call_id),
                         result: Some(result),
-                        ..step("tool_result", "tool", None)
+                        ..step(StepKind::ToolResult, Role::Tool, None)
                     },
                 ]
             }
@@ -264,7 +237,7 @@ async fn run_steps(
                 vec![]
             }
             Action::Fail(reason) => {
-                let err_step = step("error", "system", Some(reason.clone()));
+                let err_step = step(StepKind::Error, Role::System, Some(reason.clone()));
                 return Ok(
                     match write(ctx, lease, cur.position + 1, None, vec![err_step]).await? {
                         Flow::Go => End::Finished(RunStatus::Failed, cur.last_reply, Some(reason)),
@@ -313,7 +286,8 @@ enum Flow {
     Stop(End),
 }
 
-/// Writes steps (possibly none: then only the resume point moves) and rings the doorbell.
+/// Writes steps (possibly none: then only the resume point moves); the lifecycle rings the
+/// doorbell of a watched run.
 async fn write(
     ctx: &Ctx,
     lease: &Lease,
@@ -321,19 +295,19 @@ async fn write(
     output: Option<&str>,
     new: Vec<NewStep>,
 ) -> Result<Flow, JobError> {
-    let has_steps = !new.is_empty();
-    match store::write_steps(&ctx.db, lease, position, output, &new).await? {
+    let w = StepWrite {
+        lease: *lease,
+        position,
+        output: output.map(str::to_owned),
+        steps: new,
+    };
+    match ctx.lifecycle.write(w).await? {
         Written::Lost => Ok(Flow::Stop(End::Lost)),
-        Written::Ok { cancel_requested } => {
-            if has_steps {
-                doorbell::ring(&mut ctx.redis.clone(), &ctx.keys, lease.run).await;
-            }
-            if cancel_requested {
-                Ok(Flow::Stop(cancelled(None)))
-            } else {
-                Ok(Flow::Go)
-            }
-        }
+        Written::Ok {
+            cancel_requested: true,
+            ..
+        } => Ok(Flow::Stop(cancelled(None))),
+        Written::Ok { .. } => Ok(Flow::Go),
     }
 }
 

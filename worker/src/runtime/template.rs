@@ -60,7 +60,7 @@ mod tests {
             id: agentq_shared::ids::RunId::new(),
             team_id: agentq_shared::ids::TeamId::new(),
             agent_id: agentq_shared::ids::AgentId::new(),
-            status: "running".into(),
+            status: agentq_shared::runs::RunStatus::Running,
             held: false,
             trigger,
             input,

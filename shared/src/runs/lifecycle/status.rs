@@ -2,53 +2,27 @@
 //! the code is a guarded UPDATE whose `WHERE status = ANY(...)` comes from [`RunStatus::sources`],
 //! so an illegal change matches no row and is refused, never silently applied.
 
-use serde::{Deserialize, Serialize};
-
-/// Where a run is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum RunStatus {
-    /// Accepted, waiting for a worker (or, if `held`, for its agent to resume).
-    Queued,
-    /// A worker is executing it.
-    Running,
-    /// Stopped until a person approves or rejects a tool call.
-    WaitingApproval,
-    /// Finished well.
-    Succeeded,
-    /// Finished with an error.
-    Failed,
-    /// Stopped on request.
-    Cancelled,
-    /// Ran past its agent's max duration.
-    TimedOut,
+crate::text_enum! {
+    /// Where a run is in its life.
+    pub enum RunStatus {
+        /// Accepted, waiting for a worker (or, if `held`, for its agent to resume).
+        Queued = "queued",
+        /// A worker is executing it.
+        Running = "running",
+        /// Stopped until a person approves or rejects a tool call.
+        WaitingApproval = "waiting_approval",
+        /// Finished well.
+        Succeeded = "succeeded",
+        /// Finished with an error.
+        Failed = "failed",
+        /// Stopped on request.
+        Cancelled = "cancelled",
+        /// Ran past its agent's max duration.
+        TimedOut = "timed_out",
+    }
 }
 
 impl RunStatus {
-    /// Every status.
-    pub const ALL: [RunStatus; 7] = [
-        RunStatus::Queued,
-        RunStatus::Running,
-        RunStatus::WaitingApproval,
-        RunStatus::Succeeded,
-        RunStatus::Failed,
-        RunStatus::Cancelled,
-        RunStatus::TimedOut,
-    ];
-
-    /// The string form shared by SQL and JSON.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunStatus::Queued => "queued",
-            RunStatus::Running => "running",
-            RunStatus::WaitingApproval => "waiting_approval",
-            RunStatus::Succeeded => "succeeded",
-            RunStatus::Failed => "failed",
-            RunStatus::Cancelled => "cancelled",
-            RunStatus::TimedOut => "timed_out",
-        }
-    }
-
     /// Whether the run has ended for good.
     pub fn is_terminal(self) -> bool {
         matches!(
@@ -83,23 +57,19 @@ impl RunStatus {
     pub fn source_strs(self) -> Vec<&'static str> {
         self.sources().iter().map(|s| s.as_str()).collect()
     }
-}
 
-impl std::fmt::Display for RunStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for RunStatus {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        RunStatus::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| {
-                format!("unknown status '{s}'; use one of queued, running, waiting_approval, succeeded, failed, cancelled, timed_out")
-            })
+    /// The `status = ANY($n)` guard of a transition to `self` that only some of its legal
+    /// sources may take (e.g. a cancel that applies at once only to runs not executing).
+    /// Asking for an illegal source is a bug: it panics in tests and is dropped otherwise.
+    pub fn guard(self, from: &[RunStatus]) -> Vec<&'static str> {
+        debug_assert!(
+            from.iter().all(|f| f.can_become(self)),
+            "{from:?} → {self} is not in the transition table"
+        );
+        from.iter()
+            .filter(|f| f.can_become(self))
+            .map(|f| f.as_str())
+            .collect()
     }
 }
 
@@ -124,8 +94,8 @@ mod tests {
 
     #[test]
     fn the_table_allows_exactly_the_legal_transitions() {
-        for from in RunStatus::ALL {
-            for to in RunStatus::ALL {
+        for &from in RunStatus::ALL {
+            for &to in RunStatus::ALL {
                 assert_eq!(
                     from.can_become(to),
                     LEGAL.contains(&(from, to)),
@@ -137,7 +107,7 @@ mod tests {
 
     #[test]
     fn terminal_states_go_nowhere() {
-        for from in RunStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
+        for &from in RunStatus::ALL.iter().filter(|s| s.is_terminal()) {
             assert!(
                 RunStatus::ALL.iter().all(|to| !from.can_become(*to)),
                 "{from}"
@@ -147,7 +117,7 @@ mod tests {
 
     #[test]
     fn strings_round_trip() {
-        for s in RunStatus::ALL {
+        for &s in RunStatus::ALL {
             assert_eq!(s.as_str().parse::<RunStatus>().unwrap(), s);
             assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
         }

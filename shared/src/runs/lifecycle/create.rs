@@ -1,0 +1,378 @@
+//! Create: how triggers become runs, in group commits. Concurrent triggers (API requests,
+//! inbound hooks, cron fires) are coalesced by a [`Creator`] into one transaction that
+//! inserts every run with one statement, appends their audit entries with another and emits
+//! their `run.queued` events with a third; then the new runs are enqueued in one pipelined
+//! Redis round trip. Postgres is the system of record: if the enqueue fails, the runs are
+//! still accepted and the scheduler's reconciler enqueues them later.
+//!
+//! An `Idempotency-Key` (or a cron fire time) makes a repeat return the first run; the same
+//! key with another request is refused. A batch that fails as a whole is retried one trigger
+//! at a time, so one bad trigger never fails its neighbours.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use sqlx::{PgConnection, PgPool};
+
+use crate::audit::{self, Actor, AuditEntry, RequestMeta};
+use crate::batch::{BatchError, Batcher};
+use crate::ids::{AgentId, RunId, TeamId};
+use crate::queue::Queue;
+use crate::queues::Queues;
+use crate::runs::{Run, RunJob, RUN_COLUMNS};
+use crate::webhooks::{self, NewEvent, Outbox};
+
+crate::text_enum! {
+    /// What started a run.
+    pub enum TriggerType {
+        /// `POST /agents/{id}/runs`.
+        Api = "api",
+        /// `POST /agents/{id}/signals`.
+        Signal = "signal",
+        /// `/chat` and `/chat/stream`.
+        Chat = "chat",
+        /// An inbound webhook.
+        Webhook = "webhook",
+        /// A cron fire.
+        Schedule = "schedule",
+        /// An MCP `tools/call`.
+        Mcp = "mcp",
+    }
+}
+
+/// An idempotency key and the fingerprint of the request that carried it.
+#[derive(Clone, Debug)]
+pub struct Idempotency {
+    /// The client's key.
+    pub key: String,
+    /// SHA-256 of what makes the request what it is (see [`fingerprint`]).
+    pub request_hash: [u8; 32],
+}
+
+/// Fingerprint of a trigger request: its kind, agent and body.
+pub fn fingerprint(kind: TriggerType, agent: AgentId, body: &Value) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(kind.as_str().as_bytes());
+    h.update([0]);
+    h.update(agent.0.as_bytes());
+    h.update([0]);
+    h.update(body.to_string().as_bytes());
+    h.finalize().into()
+}
+
+/// Who triggered a run, for its audit entry.
+#[derive(Clone, Debug)]
+pub struct AuditInfo {
+    /// Who acted.
+    pub actor: Actor,
+    /// The request id.
+    pub request_id: Option<String>,
+    /// The client's address.
+    pub ip: Option<String>,
+    /// The audit action, e.g. `run.created`.
+    pub action: &'static str,
+}
+
+/// A run to create.
+#[derive(Clone, Debug)]
+pub struct NewRun {
+    /// Owning team.
+    pub team_id: TeamId,
+    /// The agent to run.
+    pub agent_id: AgentId,
+    /// What started it.
+    pub trigger_type: TriggerType,
+    /// The trigger, recorded on the run; its `type` is set from `trigger_type`.
+    pub trigger: Value,
+    /// The run's input.
+    pub input: Value,
+    /// Makes a repeat return the first run.
+    pub idempotency: Option<Idempotency>,
+    /// Who triggered it, for the audit log (None: not audited).
+    pub audit: Option<AuditInfo>,
+}
+
+/// What became of a trigger.
+#[derive(Debug)]
+pub enum Created {
+    /// A new run.
+    New(Run),
+    /// A repeat of an earlier request: its run.
+    Replayed(Run),
+}
+
+impl Created {
+    /// The run, new or earlier.
+    pub fn run(&self) -> &Run {
+        match self {
+            Created::New(r) | Created::Replayed(r) => r,
+        }
+    }
+}
+
+/// Why no run was created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    /// No live agent with that id in the team.
+    #[error("agent not found")]
+    AgentNotFound,
+    /// The idempotency key was used for a different request.
+    #[error("idempotency key reused with a different request")]
+    KeyReused,
+    /// Postgres failed.
+    #[error(transparent)]
+    Store(#[from] BatchError),
+}
+
+impl From<sqlx::Error> for CreateError {
+    fn from(e: sqlx::Error) -> Self {
+        CreateError::Store(e.into())
+    }
+}
+
+/// Group-commits concurrent triggers of one process.
+#[derive(Clone, Debug)]
+pub struct Creator {
+    batcher: Batcher<NewRun, Result<Created, CreateError>>,
+}
+
+/// Triggers per transaction at most.
+const MAX_BATCH: usize = 256;
+
+impl Creator {
+    /// Starts `lanes` committers (each holds at most one connection while it commits).
+    pub fn new(pool: PgPool, queues: Queues, lanes: usize) -> Self {
+        let batcher = Batcher::spawn("create", lanes, MAX_BATCH, move |batch: Vec<NewRun>| {
+            let (pool, queues) = (pool.clone(), queues.clone());
+            async move { Ok(create_batch(&pool, &queues, &batch).await) }
+        });
+        Self { batcher }
+    }
+
+    /// Records the run (in the next group commit), then enqueues it unless its agent is paused.
+    pub async fn create(&self, new: NewRun) -> Result<Created, CreateError> {
+        self.batcher.call(new).await?
+    }
+}
+
+/// Records and enqueues one run without batching (the scheduler's cron fires, the CLI).
+pub async fn create_run(
+    pool: &PgPool,
+    queues: &Queues,
+    new: NewRun,
+) -> Result<Created, CreateError> {
+    create_batch(pool, queues, std::slice::from_ref(&new))
+        .await
+        .pop()
+        .unwrap_or(Err(CreateError::Store(BatchError::Closed)))
+}
+
+/// One group commit, then the enqueues; falls back to one transaction per trigger when the
+/// batch's transaction fails.
+async fn create_batch(
+    pool: &PgPool,
+    queues: &Queues,
+    batch: &[NewRun],
+) -> Vec<Result<Created, CreateError>> {
+    match insert(pool, batch).await {
+        Ok((results, outbox)) => {
+            let fresh: Vec<String> = results
+                .iter()
+                .filter_map(|r| match r {
+                    Ok(Created::New(run)) if !run.held => Some(RunJob::payload(run.id)),
+                    _ => None,
+                })
+                .collect();
+            enqueue_many(&queues.runs, &fresh).await;
+            outbox.send(&queues.deliveries).await;
+            results
+        }
+        Err(e) if batch.len() == 1 => vec![Err(e.into())],
+        Err(e) => {
+            tracing::warn!(error = %e, size = batch.len(), "group commit failed; retrying one by one");
+            let mut out = Vec::with_capacity(batch.len());
+            for one in batch {
+                out.extend(Box::pin(create_batch(pool, queues, std::slice::from_ref(one))).await);
+            }
+            out
+        }
+    }
+}
+
+/// Enqueues a run; a failure is logged and left to the reconciler.
+pub async fn enqueue(queue: &Queue, run_id: RunId) {
+    enqueue_many(queue, &[RunJob::payload(run_id)]).await;
+}
+
+/// Enqueues runs in one pipelined round trip; a failure is logged and left to the reconciler.
+pub async fn enqueue_many(queue: &Queue, payloads: &[String]) {
+    if payloads.is_empty() {
+        return;
+    }
+    if let Err(e) = queue.enqueue_many(payloads).await {
+        tracing::warn!(runs = payloads.len(), error = %e, "enqueue failed; the reconciler will retry");
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct Earlier {
+    request_hash: Option<Vec<u8>>,
+    #[sqlx(flatten)]
+    run: Run,
+}
+
+/// The batch's transaction: runs, audit entries, `run.queued` events.
+async fn insert(
+    pool: &PgPool,
+    batch: &[NewRun],
+) -> Result<(Vec<Result<Created, CreateError>>, Outbox), sqlx::Error> {
+    let ids: Vec<RunId> = batch.iter().map(|_| RunId::new()).collect();
+    let triggers: Vec<Value> = batch.iter().map(trigger_of).collect();
+    let mut tx = pool.begin().await?;
+    let inserted = insert_runs(&mut tx, batch, &ids, &triggers).await?;
+    let mut by_id: HashMap<RunId, Run> = inserted.into_iter().map(|r| (r.id, r)).collect();
+    let missing_keys: Vec<&NewRun> = batch
+        .iter()
+        .zip(&ids)
+        .filter(|(n, id)| n.idempotency.is_some() && !by_id.contains_key(id))
+        .map(|(n, _)| n)
+        .collect();
+    let earlier = earlier_runs(&mut tx, &missing_keys).await?;
+    let mut results = Vec::with_capacity(batch.len());
+    let mut audits = Vec::new();
+    let mut events = Vec::new();
+    for ((new, id), trigger) in batch.iter().zip(&ids).zip(&triggers) {
+        if let Some(run) = by_id.remove(id) {
+            if let Some(a) = &new.audit {
+                audits.push(AuditEntry {
+                    team_id: new.team_id,
+                    actor: a.actor,
+                    action: a.action,
+                    target_type: "run",
+                    target_id: run.id.to_string(),
+                    meta: RequestMeta {
+                        request_id: a.request_id.as_deref(),
+                        ip: a.ip.as_deref(),
+                    },
+                    details: serde_json::json!({"agent_id": new.agent_id, "trigger": trigger}),
+                });
+            }
+            events.push(NewEvent::of_run("run.queued", &run));
+            results.push(Ok(Created::New(run)));
+            continue;
+        }
+        results.push(match &new.idempotency {
+            Some(i) => match earlier.get(&(new.team_id, i.key.clone())) {
+                Some(e) if e.request_hash.as_deref() == Some(&i.request_hash[..]) => {
+                    Ok(Created::Replayed(e.run.clone()))
+                }
+                Some(_) => Err(CreateError::KeyReused),
+                None => Err(CreateError::AgentNotFound),
+            },
+            None => Err(CreateError::AgentNotFound),
+        });
+    }
+    audit::record_many(&mut *tx, &audits).await?;
+    let outbox = webhooks::emit_events(&mut tx, &events).await?;
+    tx.commit().await?;
+    Ok((results, outbox))
+}
+
+fn trigger_of(new: &NewRun) -> Value {
+    let mut trigger = new.trigger.clone();
+    if let Value::Object(m) = &mut trigger {
+        m.insert(
+            "type".into(),
+            Value::String(new.trigger_type.as_str().to_owned()),
+        );
+    }
+    trigger
+}
+
+/// One statement for the whole batch. No agent-row lock: a run recorded as held just as its
+/// agent resumes is released by the reconciler instead.
+async fn insert_runs(
+    conn: &mut PgConnection,
+    batch: &[NewRun],
+    ids: &[RunId],
+    triggers: &[Value],
+) -> Result<Vec<Run>, sqlx::Error> {
+    let teams: Vec<TeamId> = batch.iter().map(|n| n.team_id).collect();
+    let agents: Vec<AgentId> = batch.iter().map(|n| n.agent_id).collect();
+    let kinds: Vec<TriggerType> = batch.iter().map(|n| n.trigger_type).collect();
+    let inputs: Vec<&Value> = batch.iter().map(|n| &n.input).collect();
+    let keys: Vec<Option<&str>> = batch
+        .iter()
+        .map(|n| n.idempotency.as_ref().map(|i| i.key.as_str()))
+        .collect();
+    let hashes: Vec<Option<Vec<u8>>> = batch
+        .iter()
+        .map(|n| n.idempotency.as_ref().map(|i| i.request_hash.to_vec()))
+        .collect();
+    sqlx::query_as(&format!(
+        "INSERT INTO runs (id, team_id, agent_id, held, trigger_type, trigger, input, idempotency_key, request_hash)
+         SELECT d.id, d.team_id, d.agent_id, a.status = 'paused', d.kind, d.trigger, d.input, d.key, d.hash
+         FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::jsonb[], $6::jsonb[], $7::text[], $8::bytea[])
+              WITH ORDINALITY AS d(id, team_id, agent_id, kind, trigger, input, key, hash, ord)
+         JOIN agents a ON a.id = d.agent_id AND a.team_id = d.team_id AND a.deleted_at IS NULL
+         ORDER BY d.ord
+         ON CONFLICT ON CONSTRAINT runs_team_idempotency_key DO NOTHING
+         RETURNING {RUN_COLUMNS}"
+    ))
+    .bind(ids)
+    .bind(&teams)
+    .bind(&agents)
+    .bind(&kinds)
+    .bind(triggers)
+    .bind(&inputs)
+    .bind(&keys)
+    .bind(&hashes)
+    .fetch_all(conn)
+    .await
+}
+
+/// The runs that already hold these idempotency keys.
+async fn earlier_runs(
+    conn: &mut PgConnection,
+    news: &[&NewRun],
+) -> Result<HashMap<(TeamId, String), Earlier>, sqlx::Error> {
+    if news.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let teams: Vec<TeamId> = news.iter().map(|n| n.team_id).collect();
+    let keys: Vec<&str> = news
+        .iter()
+        .filter_map(|n| n.idempotency.as_ref().map(|i| i.key.as_str()))
+        .collect();
+    let rows: Vec<(TeamId, String, Earlier)> = sqlx::query_as::<_, EarlierRow>(&format!(
+        "SELECT r.idempotency_key AS key, r.request_hash, {} FROM runs r
+         JOIN unnest($1::uuid[], $2::text[]) AS k(team_id, key)
+           ON r.team_id = k.team_id AND r.idempotency_key = k.key",
+        prefixed("r")
+    ))
+    .bind(&teams)
+    .bind(&keys)
+    .fetch_all(conn)
+    .await?
+    .into_iter()
+    .map(|row| (row.earlier.run.team_id, row.key, row.earlier))
+    .collect();
+    Ok(rows.into_iter().map(|(t, k, e)| ((t, k), e)).collect())
+}
+
+#[derive(sqlx::FromRow)]
+struct EarlierRow {
+    key: String,
+    #[sqlx(flatten)]
+    earlier: Earlier,
+}
+
+/// [`RUN_COLUMNS`] qualified by a table alias.
+fn prefixed(alias: &str) -> String {
+    RUN_COLUMNS
+        .split(',')
+        .map(|c| format!("{alias}.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,230 @@
+//! End: a run reaches its final state (succeeded, failed, cancelled, timed_out), whether its
+//! worker finishes it, a person's rejection fails it, or a cancel or an agent's deletion
+//! stops it before it ran. One statement ends many runs: the guarded status update, each
+//! run's usage (kept on the run and as a usage record, for runs that started), a
+//! notification for failures and time-outs, and the `run.<status>` events. Runs that held an
+//! agent slot hand it on ([`release_slots`]): the counter goes down under the agent's row
+//! lock, and a *later* statement of the same transaction unparks the oldest parked runs, so
+//! it also sees a park that committed while it waited for that lock.
+
+use std::collections::BTreeMap;
+
+use sqlx::{PgConnection, PgPool};
+
+use super::{Lease, RunStatus};
+use crate::batch::BatchError;
+use crate::ids::{AgentId, RunId};
+use crate::queues::Queues;
+use crate::runs::{Run, RUN_COLUMNS};
+use crate::webhooks::{self, NewEvent, Outbox};
+
+/// How a run ends.
+#[derive(Clone, Debug)]
+pub struct Ending {
+    /// The run.
+    pub run: RunId,
+    /// The ender's lease, if it holds one (a worker); None for runs not executing.
+    pub attempt: Option<i32>,
+    /// The final state.
+    pub status: RunStatus,
+    /// The output, if the ender has a newer one.
+    pub output: Option<String>,
+    /// Why it failed, timed out or was cancelled.
+    pub error: Option<String>,
+}
+
+impl Ending {
+    /// A worker ends the run it holds.
+    pub fn finish(
+        lease: &Lease,
+        status: RunStatus,
+        output: Option<String>,
+        error: Option<String>,
+    ) -> Self {
+        debug_assert!(status.is_terminal(), "{status} is not an ending");
+        Self {
+            run: lease.run,
+            attempt: Some(lease.attempt),
+            status,
+            output,
+            error,
+        }
+    }
+
+    /// A run that is not executing ends (cancel, rejection, deleted agent).
+    pub fn without_lease(run: RunId, status: RunStatus, why: &str) -> Self {
+        debug_assert!(status.is_terminal(), "{status} is not an ending");
+        Self {
+            run,
+            attempt: None,
+            status,
+            output: None,
+            error: Some(why.to_owned()),
+        }
+    }
+}
+
+/// The event type of a final state.
+pub fn event_type(status: RunStatus) -> &'static str {
+    match status {
+        RunStatus::Succeeded => "run.succeeded",
+        RunStatus::Failed => "run.failed",
+        RunStatus::Cancelled => "run.cancelled",
+        RunStatus::TimedOut => "run.timed_out",
+        RunStatus::Queued => "run.queued",
+        RunStatus::Running => "run.started",
+        RunStatus::WaitingApproval => "approval.requested",
+    }
+}
+
+/// Workers' endings in one transaction: end the runs (from running), release their slots;
+/// then enqueue the unparked runs and the deliveries. One answer per ending: whether it
+/// applied (false: the lease was lost).
+pub(super) async fn finish_batch(
+    pool: &PgPool,
+    queues: &Queues,
+    endings: &[Ending],
+) -> Result<Vec<bool>, BatchError> {
+    let mut tx = pool.begin().await?;
+    let (ended, outbox) = end_in(&mut tx, endings, &[RunStatus::Running]).await?;
+    let unparked = release_slots(&mut tx, &per_agent(&ended)).await?;
+    tx.commit().await?;
+    super::create::enqueue_many(&queues.runs, &payloads(&unparked)).await;
+    outbox.send(&queues.deliveries).await;
+    for run in &ended {
+        metrics::counter!("agentq_runs_finished_total", "status" => run.status.as_str())
+            .increment(1);
+    }
+    let done: std::collections::HashSet<RunId> = ended.iter().map(|r| r.id).collect();
+    let mut answered = std::collections::HashSet::new();
+    Ok(endings
+        .iter()
+        .map(|e| done.contains(&e.run) && answered.insert(e.run))
+        .collect())
+}
+
+/// Ends runs currently in one of `from`, in the caller's transaction; the ended runs and
+/// their events' deliveries. Slots are the caller's business ([`release_slots`]).
+pub async fn end_in(
+    conn: &mut PgConnection,
+    endings: &[Ending],
+    from: &[RunStatus],
+) -> Result<(Vec<Run>, Outbox), sqlx::Error> {
+    if endings.is_empty() {
+        return Ok((Vec::new(), Outbox::default()));
+    }
+    let guards: Vec<Vec<&str>> = endings.iter().map(|e| e.status.guard(from)).collect();
+    let ids: Vec<RunId> = endings.iter().map(|e| e.run).collect();
+    let attempts: Vec<Option<i32>> = endings.iter().map(|e| e.attempt).collect();
+    let statuses: Vec<RunStatus> = endings.iter().map(|e| e.status).collect();
+    let outputs: Vec<Option<&str>> = endings.iter().map(|e| e.output.as_deref()).collect();
+    let errors: Vec<Option<&str>> = endings.iter().map(|e| e.error.as_deref()).collect();
+    // Every ending's guard is the same set (an ending's status never widens `from`), so one
+    // array serves the statement.
+    let guard: Vec<&str> = guards.into_iter().next().unwrap_or_default();
+    let ended: Vec<Run> = sqlx::query_as(&format!(
+        "WITH d AS (
+            SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[])
+                AS d(id, attempt, status, output, error)
+         ), f AS (
+            UPDATE runs r SET status = d.status, finished_at = now(), output = coalesce(d.output, r.output),
+                   error = d.error, cancel_requested = false, held = false, parked = false,
+                   usage = CASE WHEN r.started_at IS NULL THEN NULL ELSE jsonb_build_object(
+                       'duration_ms', (extract(epoch FROM now() - r.started_at) * 1000)::bigint,
+                       'steps', r.next_seq - 1, 'tool_calls', r.tool_calls,
+                       'input_tokens', r.input_tokens, 'output_tokens', r.output_tokens) END
+            FROM d
+            WHERE r.id = d.id AND (d.attempt IS NULL OR r.attempts = d.attempt) AND r.status = ANY($6)
+            RETURNING r.*
+         ), u AS (
+            INSERT INTO usage_records (run_id, team_id, agent_id, status, duration_ms, steps, tool_calls,
+                                       input_tokens, output_tokens)
+            SELECT id, team_id, agent_id, status, (usage->>'duration_ms')::bigint, (usage->>'steps')::int,
+                   (usage->>'tool_calls')::int, input_tokens, output_tokens
+            FROM f WHERE usage IS NOT NULL
+         ), n AS (
+            INSERT INTO notifications (id, team_id, agent_id, run_id, kind, title, body)
+            SELECT agentq_uuid_v7(), f.team_id, f.agent_id, f.id, 'run.' || f.status,
+                   CASE f.status WHEN 'failed' THEN 'Run failed' ELSE 'Run timed out' END,
+                   a.name || ': ' || coalesce(f.error, f.status)
+            FROM f JOIN agents a ON a.id = f.agent_id
+            WHERE f.status IN ('failed', 'timed_out')
+         )
+         SELECT {RUN_COLUMNS} FROM f"
+    ))
+    .bind(&ids)
+    .bind(&attempts)
+    .bind(&statuses)
+    .bind(&outputs)
+    .bind(&errors)
+    .bind(&guard)
+    .fetch_all(&mut *conn)
+    .await?;
+    let events: Vec<NewEvent> = ended
+        .iter()
+        .map(|r| NewEvent::of_run(event_type(r.status), r))
+        .collect();
+    let outbox = webhooks::emit_events(conn, &events).await?;
+    Ok((ended, outbox))
+}
+
+/// How many slots each agent frees when these runs stop running.
+pub(super) fn per_agent(runs: &[Run]) -> Vec<(AgentId, i32)> {
+    let mut n: BTreeMap<AgentId, i32> = BTreeMap::new();
+    for r in runs {
+        *n.entry(r.agent_id).or_default() += 1;
+    }
+    n.into_iter().collect()
+}
+
+/// Runs ids as queue payloads.
+pub(super) fn payloads(runs: &[RunId]) -> Vec<String> {
+    runs.iter()
+        .map(|r| crate::runs::RunJob::payload(*r))
+        .collect()
+}
+
+/// Gives back `n` slots per agent (under the agents' row locks, in id order) and unparks that
+/// many of each agent's oldest parked runs; the runs to enqueue.
+pub async fn release_slots(
+    conn: &mut PgConnection,
+    freed: &[(AgentId, i32)],
+) -> Result<Vec<RunId>, sqlx::Error> {
+    if freed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (agents, counts): (Vec<AgentId>, Vec<i32>) = freed.iter().copied().unzip();
+    sqlx::query(
+        "WITH l AS (SELECT id FROM agents WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE)
+         UPDATE agents a SET running_runs = greatest(a.running_runs - f.n, 0)
+         FROM unnest($1::uuid[], $2::int[]) AS f(id, n), l
+         WHERE a.id = f.id AND l.id = f.id",
+    )
+    .bind(&agents)
+    .bind(&counts)
+    .execute(&mut *conn)
+    .await?;
+    unpark(conn, freed).await
+}
+
+/// Unparks up to `n` of each agent's oldest parked runs (a new statement, so it sees parks
+/// that committed while this transaction waited for the agent's lock).
+pub(super) async fn unpark(
+    conn: &mut PgConnection,
+    slots: &[(AgentId, i32)],
+) -> Result<Vec<RunId>, sqlx::Error> {
+    let (agents, counts): (Vec<AgentId>, Vec<i32>) = slots.iter().copied().unzip();
+    sqlx::query_scalar(
+        "UPDATE runs SET parked = false, queued_at = now()
+         WHERE id IN (
+            SELECT p.id FROM unnest($1::uuid[], $2::int[]) AS f(agent_id, n),
+                 LATERAL (SELECT id FROM runs
+                          WHERE agent_id = f.agent_id AND parked AND status = 'queued' AND NOT held
+                          ORDER BY id LIMIT greatest(f.n, 0) FOR UPDATE SKIP LOCKED) AS p)
+         RETURNING id",
+    )
+    .bind(&agents)
+    .bind(&counts)
+    .fetch_all(conn)
+    .await
+}

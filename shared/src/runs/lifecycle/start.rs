@@ -1,0 +1,240 @@
+//! Start: queued → running, for a whole fetched batch in one transaction. It locks the rows of
+//! the batch's agents (in id order, so batches never deadlock), reads each agent's slot
+//! counter, and then one statement starts the runs that fit, parks those that do not (the
+//! batch that frees a slot unparks the oldest), holds those of paused agents, cancels those of
+//! deleted agents, adds the started runs to the counters and emits `run.started`. Runs of one
+//! agent therefore serialise per batch, not per run, and the counter is exact under any number
+//! of workers: every change to it happens under that row lock.
+//!
+//! The answer carries the run and its agent as of the start, so the worker reads nothing
+//! again before executing.
+
+use std::collections::HashMap;
+
+use chrono::Utc;
+use sqlx::{PgConnection, PgPool};
+
+use super::end::{end_in, Ending};
+use super::{Lease, RunStatus};
+use crate::agents::{Agent, AGENT_COLUMNS};
+use crate::batch::BatchError;
+use crate::ids::{AgentId, RunId};
+use crate::queues::Queues;
+use crate::runs::{Run, RUN_COLUMNS};
+use crate::webhooks::{self, NewEvent};
+
+/// What happened when a worker tried to start a run.
+#[derive(Clone, Debug)]
+pub enum Start {
+    /// Started: the run as it now is, its agent, and the worker's lease.
+    Started {
+        /// The run, now running.
+        run: Box<Run>,
+        /// Its agent.
+        agent: Box<Agent>,
+        /// The lease to write under.
+        lease: Lease,
+    },
+    /// The agent is paused: the run is now held until it resumes.
+    Held,
+    /// The agent is at its concurrency limit: the run is parked until a slot frees.
+    Busy,
+    /// The run is not queued (its status and attempts, or None if there is no such run).
+    NotQueued(Option<(RunStatus, i32)>),
+}
+
+#[derive(sqlx::FromRow)]
+struct SlotRow {
+    #[sqlx(flatten)]
+    agent: Agent,
+    running_runs: i32,
+}
+
+/// Locks the slot counters of `agents` in id order; the agents with their counters.
+pub(super) async fn lock_slots(
+    conn: &mut PgConnection,
+    agents: &[AgentId],
+) -> Result<HashMap<AgentId, (Agent, i32)>, sqlx::Error> {
+    let rows: Vec<SlotRow> = sqlx::query_as(&format!(
+        "SELECT {AGENT_COLUMNS}, running_runs FROM agents WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE"
+    ))
+    .bind(agents)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.agent.id, (r.agent, r.running_runs)))
+        .collect())
+}
+
+/// What the batch decided for each queued run.
+#[derive(Default)]
+struct Plan {
+    start: Vec<(RunId, i32)>,
+    park: Vec<RunId>,
+    hold: Vec<RunId>,
+    orphaned: Vec<RunId>,
+}
+
+pub(super) async fn start_batch(
+    pool: &PgPool,
+    queues: &Queues,
+    ids: Vec<RunId>,
+) -> Result<Vec<Start>, BatchError> {
+    let mut tx = pool.begin().await?;
+    let agent_ids: Vec<AgentId> =
+        sqlx::query_scalar("SELECT DISTINCT agent_id FROM runs WHERE id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?;
+    let mut slots = lock_slots(&mut tx, &agent_ids).await?;
+    // Read after the locks: no one else can start these runs now (cancels still can, and the
+    // guarded update below refuses those).
+    let runs: Vec<Run> = sqlx::query_as(&format!(
+        "SELECT {RUN_COLUMNS} FROM runs WHERE id = ANY($1) ORDER BY id"
+    ))
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut plan = Plan::default();
+    let mut outcome: HashMap<RunId, Start> = HashMap::new();
+    for run in &runs {
+        let o = if run.status != RunStatus::Queued || run.held {
+            Start::NotQueued(Some((run.status, run.attempts)))
+        } else {
+            match slots.get_mut(&run.agent_id) {
+                None => Start::NotQueued(Some((run.status, run.attempts))),
+                Some((agent, _)) if agent.deleted_at.is_some() => {
+                    plan.orphaned.push(run.id);
+                    Start::NotQueued(Some((RunStatus::Cancelled, run.attempts)))
+                }
+                Some((agent, _)) if agent.is_paused() => {
+                    plan.hold.push(run.id);
+                    Start::Held
+                }
+                Some((agent, running)) if *running < agent.max_concurrent_runs => {
+                    *running += 1;
+                    plan.start.push((run.id, agent.max_run_seconds));
+                    continue;
+                }
+                Some(_) => {
+                    plan.park.push(run.id);
+                    Start::Busy
+                }
+            }
+        };
+        outcome.insert(run.id, o);
+    }
+    let started = apply(&mut tx, &plan).await?;
+    let events: Vec<NewEvent> = started
+        .iter()
+        .map(|r| NewEvent::of_run("run.started", r))
+        .collect();
+    let mut outbox = webhooks::emit_events(&mut tx, &events).await?;
+    if !plan.orphaned.is_empty() {
+        let endings: Vec<Ending> = plan
+            .orphaned
+            .iter()
+            .map(|id| Ending::without_lease(*id, RunStatus::Cancelled, "agent deleted"))
+            .collect();
+        outbox.extend(end_in(&mut tx, &endings, &[RunStatus::Queued]).await?.1);
+    }
+    tx.commit().await?;
+    outbox.send(&queues.deliveries).await;
+    for run in started {
+        let Some((agent, _)) = slots.get(&run.agent_id) else {
+            continue;
+        };
+        let lease = Lease {
+            run: run.id,
+            attempt: run.attempts,
+            deadline: run.deadline_at.unwrap_or_else(Utc::now),
+        };
+        outcome.insert(
+            run.id,
+            Start::Started {
+                agent: Box::new(agent.clone()),
+                run: Box::new(run),
+                lease,
+            },
+        );
+    }
+    let mut answered = std::collections::HashSet::new();
+    Ok(ids
+        .iter()
+        .map(|id| {
+            // A run delivered twice in one batch starts once; the copy finds it running.
+            let first = answered.insert(*id);
+            match outcome.get(id) {
+                Some(Start::Started { run, .. }) if !first => {
+                    Start::NotQueued(Some((RunStatus::Running, run.attempts)))
+                }
+                Some(o) => o.clone(),
+                None => Start::NotQueued(None),
+            }
+        })
+        .collect())
+}
+
+/// The plan in one statement; the runs started.
+async fn apply(conn: &mut PgConnection, plan: &Plan) -> Result<Vec<Run>, sqlx::Error> {
+    let (start_ids, seconds): (Vec<RunId>, Vec<i32>) = plan.start.iter().copied().unzip();
+    sqlx::query_as(&format!(
+        "WITH s AS (
+            UPDATE runs r SET status = 'running', parked = false, attempts = r.attempts + 1,
+                   started_at = coalesce(r.started_at, now()), heartbeat_at = now(),
+                   deadline_at = now() + make_interval(secs => d.secs)
+            FROM unnest($1::uuid[], $2::int[]) AS d(id, secs)
+            WHERE r.id = d.id AND r.status = ANY($3) AND NOT r.held
+            RETURNING r.*
+         ), p AS (
+            UPDATE runs SET parked = true WHERE id = ANY($4) AND status = 'queued' AND NOT held
+         ), h AS (
+            UPDATE runs SET held = true, parked = false WHERE id = ANY($5) AND status = 'queued'
+         ), c AS (
+            UPDATE agents a SET running_runs = a.running_runs + n.n
+            FROM (SELECT agent_id, count(*)::int AS n FROM s GROUP BY agent_id) AS n
+            WHERE a.id = n.agent_id
+         )
+         SELECT {RUN_COLUMNS} FROM s"
+    ))
+    .bind(&start_ids)
+    .bind(&seconds)
+    .bind(RunStatus::Running.guard(&[RunStatus::Queued]))
+    .bind(&plan.park)
+    .bind(&plan.hold)
+    .fetch_all(conn)
+    .await
+}
+
+/// running → running by another worker, when the holder stopped showing life for
+/// `stale_secs`; the new lease and the agent.
+pub async fn take_over(
+    pool: &PgPool,
+    run: RunId,
+    seen_attempt: i32,
+    stale_secs: f64,
+) -> Result<Option<(Run, Agent, Lease)>, sqlx::Error> {
+    let taken: Option<Run> = sqlx::query_as(&format!(
+        "UPDATE runs SET attempts = attempts + 1, heartbeat_at = now()
+         WHERE id = $1 AND status = ANY($4) AND attempts = $2
+           AND heartbeat_at < now() - make_interval(secs => $3)
+         RETURNING {RUN_COLUMNS}"
+    ))
+    .bind(run)
+    .bind(seen_attempt)
+    .bind(stale_secs)
+    .bind(RunStatus::Running.guard(&[RunStatus::Running]))
+    .fetch_optional(pool)
+    .await?;
+    let Some(run) = taken else { return Ok(None) };
+    let Some(agent) = crate::agents::get_any(pool, run.agent_id).await? else {
+        return Ok(None);
+    };
+    let lease = Lease {
+        run: run.id,
+        attempt: run.attempts,
+        deadline: run.deadline_at.unwrap_or_else(Utc::now),
+    };
+    Ok(Some((run, agent, lease)))
+}

@@ -1,0 +1,220 @@
+//! Step: what a running run did, appended under its lease. One statement writes the steps
+//! of many runs (and moves each run's resume point, next sequence number and tool-call
+//! count), so both or neither happen for each run; heartbeats are batched the same way.
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::Lease;
+use crate::batch::BatchError;
+use crate::ids::RunId;
+use crate::runs::steps::{Role, StepKind};
+
+/// A step about to be written.
+#[derive(Clone, Debug)]
+pub struct NewStep {
+    /// What it is.
+    pub kind: StepKind,
+    /// Who it speaks for.
+    pub role: Role,
+    /// Text, if any.
+    pub content: Option<String>,
+    /// Tool name.
+    pub tool_name: Option<String>,
+    /// Links a result to its call.
+    pub tool_call_id: Option<String>,
+    /// Tool arguments.
+    pub arguments: Option<Value>,
+    /// Tool result.
+    pub result: Option<Value>,
+}
+
+impl NewStep {
+    /// A step with only a kind, a role and maybe text.
+    pub fn new(kind: StepKind, role: Role, content: Option<String>) -> Self {
+        Self {
+            kind,
+            role,
+            content,
+            tool_name: None,
+            tool_call_id: None,
+            arguments: None,
+            result: None,
+        }
+    }
+}
+
+/// Steps of one run to append (possibly none: then only the resume point moves).
+#[derive(Clone, Debug)]
+pub struct StepWrite {
+    /// The writer's lease.
+    pub lease: Lease,
+    /// The runtime's resume point after these steps.
+    pub position: i32,
+    /// The run's latest reply, if it changed.
+    pub output: Option<String>,
+    /// The steps, in order.
+    pub steps: Vec<NewStep>,
+}
+
+/// Outcome of a write under a lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// Written; the first new step's sequence number, and whether a cancel was requested.
+    Ok {
+        /// Sequence number of the first step written.
+        first_seq: i32,
+        /// A cancel was requested meanwhile.
+        cancel_requested: bool,
+    },
+    /// The lease is gone: another worker holds the run, or it ended.
+    Lost,
+}
+
+/// Writes a batch; a run that appears twice is written in a second round, after the first.
+pub(super) async fn write_batch(
+    pool: &PgPool,
+    writes: &[StepWrite],
+) -> Result<Vec<Written>, BatchError> {
+    let mut out = vec![Written::Lost; writes.len()];
+    let mut todo: Vec<usize> = (0..writes.len()).collect();
+    let mut conn = pool.acquire().await?;
+    while !todo.is_empty() {
+        let mut seen = HashSet::new();
+        let (round, later): (Vec<usize>, Vec<usize>) = todo
+            .into_iter()
+            .partition(|i| seen.insert(writes[*i].lease.run));
+        let batch: Vec<&StepWrite> = round.iter().map(|i| &writes[*i]).collect();
+        let written = write_in(&mut conn, &batch).await?;
+        for (i, w) in round.into_iter().zip(written) {
+            out[i] = w;
+        }
+        todo = later;
+    }
+    Ok(out)
+}
+
+/// The write statement, on a given connection or transaction; runs must be distinct.
+pub(crate) async fn write_in(
+    conn: &mut PgConnection,
+    writes: &[&StepWrite],
+) -> Result<Vec<Written>, sqlx::Error> {
+    let runs: Vec<RunId> = writes.iter().map(|w| w.lease.run).collect();
+    let attempts: Vec<i32> = writes.iter().map(|w| w.lease.attempt).collect();
+    let counts: Vec<i32> = writes.iter().map(|w| w.steps.len() as i32).collect();
+    let positions: Vec<i32> = writes.iter().map(|w| w.position).collect();
+    let outputs: Vec<Option<&str>> = writes.iter().map(|w| w.output.as_deref()).collect();
+    let tool_calls: Vec<i32> = writes
+        .iter()
+        .map(|w| {
+            w.steps
+                .iter()
+                .filter(|s| s.kind == StepKind::ToolCall)
+                .count() as i32
+        })
+        .collect();
+    let steps: Vec<(RunId, i32, &NewStep)> = writes
+        .iter()
+        .flat_map(|w| {
+            w.steps
+                .iter()
+                .enumerate()
+                .map(move |(i, s)| (w.lease.run, i as i32, s))
+        })
+        .collect();
+    let step_ids: Vec<Uuid> = steps.iter().map(|_| Uuid::now_v7()).collect();
+    let step_runs: Vec<RunId> = steps.iter().map(|s| s.0).collect();
+    let step_idx: Vec<i32> = steps.iter().map(|s| s.1).collect();
+    let kinds: Vec<StepKind> = steps.iter().map(|s| s.2.kind).collect();
+    let roles: Vec<Role> = steps.iter().map(|s| s.2.role).collect();
+    let contents: Vec<Option<&str>> = steps.iter().map(|s| s.2.content.as_deref()).collect();
+    let tools: Vec<Option<&str>> = steps.iter().map(|s| s.2.tool_name.as_deref()).collect();
+    let call_ids: Vec<Option<&str>> = steps.iter().map(|s| s.2.tool_call_id.as_deref()).collect();
+    let args: Vec<Option<&Value>> = steps.iter().map(|s| s.2.arguments.as_ref()).collect();
+    let results: Vec<Option<&Value>> = steps.iter().map(|s| s.2.result.as_ref()).collect();
+    let rows: Vec<(RunId, i32, bool)> = sqlx::query_as(
+        "WITH d AS (
+            SELECT * FROM unnest($1::uuid[], $2::int[], $3::int[], $4::int[], $5::text[], $6::int[])
+                AS d(id, attempt, n, position, output, tool_calls)
+         ), r AS (
+            UPDATE runs SET next_seq = runs.next_seq + d.n, script_pos = d.position, heartbeat_at = now(),
+                   output = coalesce(d.output, runs.output), tool_calls = runs.tool_calls + d.tool_calls
+            FROM d
+            WHERE runs.id = d.id AND runs.attempts = d.attempt AND runs.status = 'running'
+            RETURNING runs.id, runs.team_id, runs.agent_id, runs.next_seq - d.n AS first_seq, runs.cancel_requested
+         ), ins AS (
+            INSERT INTO run_steps (id, run_id, seq, team_id, agent_id, kind, role, content, tool_name, tool_call_id, arguments, result)
+            SELECT s.id, r.id, r.first_seq + s.idx, r.team_id, r.agent_id, s.kind, s.role, s.content,
+                   s.tool_name, s.tool_call_id, s.arguments, s.result
+            FROM unnest($7::uuid[], $8::uuid[], $9::int[], $10::text[], $11::text[], $12::text[], $13::text[],
+                        $14::text[], $15::jsonb[], $16::jsonb[])
+                 AS s(id, run_id, idx, kind, role, content, tool_name, tool_call_id, arguments, result)
+            JOIN r ON r.id = s.run_id
+         )
+         SELECT id, first_seq, cancel_requested FROM r",
+    )
+    .bind(&runs)
+    .bind(&attempts)
+    .bind(&counts)
+    .bind(&positions)
+    .bind(&outputs)
+    .bind(&tool_calls)
+    .bind(&step_ids)
+    .bind(&step_runs)
+    .bind(&step_idx)
+    .bind(&kinds)
+    .bind(&roles)
+    .bind(&contents)
+    .bind(&tools)
+    .bind(&call_ids)
+    .bind(&args)
+    .bind(&results)
+    .fetch_all(&mut *conn)
+    .await?;
+    let by_run: HashMap<RunId, (i32, bool)> =
+        rows.into_iter().map(|(id, s, c)| (id, (s, c))).collect();
+    Ok(runs
+        .iter()
+        .map(|r| match by_run.get(r) {
+            Some(&(first_seq, cancel_requested)) => Written::Ok {
+                first_seq,
+                cancel_requested,
+            },
+            None => Written::Lost,
+        })
+        .collect())
+}
+
+/// Shows life for many runs at once.
+pub(super) async fn heartbeat_batch(
+    pool: &PgPool,
+    leases: &[Lease],
+) -> Result<Vec<Written>, BatchError> {
+    let runs: Vec<RunId> = leases.iter().map(|l| l.run).collect();
+    let attempts: Vec<i32> = leases.iter().map(|l| l.attempt).collect();
+    let rows: Vec<(RunId, i32, bool)> = sqlx::query_as(
+        "UPDATE runs SET heartbeat_at = now()
+         FROM unnest($1::uuid[], $2::int[]) AS d(id, attempt)
+         WHERE runs.id = d.id AND runs.attempts = d.attempt AND runs.status = 'running'
+         RETURNING runs.id, runs.attempts, runs.cancel_requested",
+    )
+    .bind(&runs)
+    .bind(&attempts)
+    .fetch_all(pool)
+    .await?;
+    let alive: HashMap<(RunId, i32), bool> =
+        rows.into_iter().map(|(r, a, c)| ((r, a), c)).collect();
+    Ok(leases
+        .iter()
+        .map(|l| match alive.get(&(l.run, l.attempt)) {
+            Some(&cancel_requested) => Written::Ok {
+                first_seq: 0,
+                cancel_requested,
+            },
+            None => Written::Lost,
+        })
+        .collect())
+}
