@@ -478,9 +478,10 @@ async fn a_rejected_waiting_run_fails_with_usage_and_a_notification() {
         .await
         .unwrap());
     let mut tx = f.pool().begin().await.unwrap();
-    wait::fail_waiting(&mut tx, run, "approval rejected")
+    let outbox = wait::fail_waiting(&mut tx, run, "approval rejected")
         .await
         .unwrap();
+    assert!(outbox.0.is_empty(), "no endpoint, no delivery");
     tx.commit().await.unwrap();
     let (status, error, steps, tool_calls): (RunStatus, Option<String>, i32, i32) = sqlx::query_as(
         "SELECT r.status, r.error, u.steps, u.tool_calls FROM runs r JOIN usage_records u ON u.run_id = r.id WHERE r.id = $1",
