@@ -55,8 +55,8 @@ pub(crate) struct StoreArgs {
     )]
     pub(crate) redis_prefix: String,
 
-    /// Postgres connections per process.
-    /// Default 20; a worker without it sizes its pool to its concurrency.
+    /// Postgres connections per process, whatever its concurrency (default 10; `agentq all`
+    /// shares them among its roles).
     #[arg(long, env = "AGENTQ_DB_MAX_CONNECTIONS", global = true)]
     pub(crate) db_max_connections: Option<u32>,
 }
@@ -197,7 +197,7 @@ pub(crate) enum RedisDownArg {
 #[derive(Args, Debug, Clone)]
 pub(crate) struct WorkerArgs {
     /// Jobs this process executes at once.
-    #[arg(long, env = "AGENTQ_WORKER_CONCURRENCY", default_value_t = 32)]
+    #[arg(long, env = "AGENTQ_WORKER_CONCURRENCY", default_value_t = 256)]
     pub(crate) concurrency: usize,
 
     /// A queue entry unacknowledged this long is reclaimed from its (dead) worker (seconds).

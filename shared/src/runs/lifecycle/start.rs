@@ -50,15 +50,18 @@ struct SlotRow {
     running_runs: i32,
 }
 
-/// Locks the slot counters of `agents` in id order; the agents with their counters.
-pub(super) async fn lock_slots(
+/// Locks the slot counters of the agents of `runs` in id order; the agents with their
+/// counters.
+async fn lock_slots(
     conn: &mut PgConnection,
-    agents: &[AgentId],
+    runs: &[RunId],
 ) -> Result<HashMap<AgentId, (Agent, i32)>, sqlx::Error> {
     let rows: Vec<SlotRow> = sqlx::query_as(&format!(
-        "SELECT {AGENT_COLUMNS}, running_runs FROM agents WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE"
+        "SELECT {AGENT_COLUMNS}, running_runs FROM agents
+         WHERE id IN (SELECT agent_id FROM runs WHERE id = ANY($1))
+         ORDER BY id FOR NO KEY UPDATE"
     ))
-    .bind(agents)
+    .bind(runs)
     .fetch_all(conn)
     .await?;
     Ok(rows
@@ -82,12 +85,7 @@ pub(super) async fn start_batch(
     ids: Vec<RunId>,
 ) -> Result<Vec<Start>, BatchError> {
     let mut tx = pool.begin().await?;
-    let agent_ids: Vec<AgentId> =
-        sqlx::query_scalar("SELECT DISTINCT agent_id FROM runs WHERE id = ANY($1)")
-            .bind(&ids)
-            .fetch_all(&mut *tx)
-            .await?;
-    let mut slots = lock_slots(&mut tx, &agent_ids).await?;
+    let mut slots = lock_slots(&mut tx, &ids).await?;
     // Read after the locks: no one else can start these runs now (cancels still can, and the
     // guarded update below refuses those).
     let runs: Vec<Run> = sqlx::query_as(&format!(
