@@ -44,6 +44,11 @@ pub struct ApiConfig {
     pub request_logs: bool,
     /// Request body bytes kept in a log line.
     pub request_log_body_cap: usize,
+    /// MCP servers one agent may have (`AGENTQ_MAX_INTEGRATIONS_PER_AGENT`).
+    pub max_integrations_per_agent: usize,
+    /// How long an MCP server's `tools/list` answer is served from the cache
+    /// (`AGENTQ_MCP_TOOLS_CACHE_SECONDS`).
+    pub mcp_tools_cache_ttl: Duration,
 }
 
 impl ApiConfig {
@@ -70,6 +75,8 @@ impl ApiConfig {
             rate_limit_redis_down: RedisDown::Open,
             request_logs: true,
             request_log_body_cap: 4096,
+            max_integrations_per_agent: 10,
+            mcp_tools_cache_ttl: Duration::from_secs(300),
         }
     }
 }

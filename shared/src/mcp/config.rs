@@ -34,8 +34,9 @@ fn err(field: &str, problem: impl Into<String>) -> FieldError {
 }
 
 /// How requests authenticate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = McpAuthType)]
 pub enum AuthType {
     /// Nothing is sent.
     None,

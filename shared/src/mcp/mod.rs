@@ -26,8 +26,11 @@ pub const PROTOCOL_VERSION: &str = "2025-11-25";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How a server is reached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = McpTransport)]
 pub enum Transport {
     /// Streamable HTTP (one endpoint, POST and optional SSE responses); falls back to the
     /// legacy transport when the server answers the first POST with 400, 404 or 405.

@@ -84,9 +84,13 @@ pub(super) async fn connect(
             "initialize answered without a protocolVersion".into(),
         ));
     }
-    session
-        .post(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
-        .await?;
+    post(
+        &session.http,
+        &session.endpoint,
+        &session.auth,
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )
+    .await?;
     Ok(session)
 }
 
@@ -123,8 +127,8 @@ impl Session {
     async fn request(&mut self, method: &str, params: Value) -> Result<Value, McpError> {
         self.next_id += 1;
         let id = self.next_id;
-        self.post(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
-            .await?;
+        let message = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        post(&self.http, &self.endpoint, &self.auth, message).await?;
         loop {
             let event = next_event(&mut self.events).await?;
             if event.event != "message" && !event.event.is_empty() {
@@ -149,13 +153,19 @@ impl Session {
             });
         }
     }
+}
 
-    /// POSTs one message to the endpoint; the answer, if any, comes on the stream.
-    async fn post(&self, message: Value) -> Result<(), McpError> {
-        let req = with_auth(self.http.post(self.endpoint.clone()), &self.auth)?.json(&message);
-        let resp = req.send().await.map_err(send_error)?;
-        check_status(resp.status().as_u16())
-    }
+/// POSTs one message to the endpoint; the answer, if any, comes on the stream. (Not a
+/// method: the session's stream is not `Sync`, so no `&Session` may live across an await.)
+async fn post(
+    http: &reqwest::Client,
+    endpoint: &Url,
+    auth: &Auth,
+    message: Value,
+) -> Result<(), McpError> {
+    let req = with_auth(http.post(endpoint.clone()), auth)?.json(&message);
+    let resp = req.send().await.map_err(send_error)?;
+    check_status(resp.status().as_u16())
 }
 
 fn with_auth(req: RequestBuilder, auth: &Auth) -> Result<RequestBuilder, McpError> {
