@@ -49,6 +49,9 @@ pub struct ApiConfig {
     /// How long an MCP server's `tools/list` answer is served from the cache
     /// (`AGENTQ_MCP_TOOLS_CACHE_SECONDS`).
     pub mcp_tools_cache_ttl: Duration,
+    /// Longest one MCP operation (connect, initialize, list or call) may take
+    /// (`AGENTQ_MCP_TIMEOUT_SECONDS`).
+    pub mcp_timeout: Duration,
 }
 
 impl ApiConfig {
@@ -77,6 +80,7 @@ impl ApiConfig {
             request_log_body_cap: 4096,
             max_integrations_per_agent: 10,
             mcp_tools_cache_ttl: Duration::from_secs(300),
+            mcp_timeout: agentq_shared::mcp::DEFAULT_TIMEOUT,
         }
     }
 }

@@ -194,6 +194,10 @@ pub(crate) struct ApiArgs {
     /// Seconds an MCP server's tool list is served from the cache.
     #[arg(long, env = "AGENTQ_MCP_TOOLS_CACHE_SECONDS", default_value_t = 300)]
     pub(crate) mcp_tools_cache_seconds: u64,
+
+    /// Longest one MCP operation (connect, initialize, tools/list) may take, in seconds.
+    #[arg(long, env = "AGENTQ_MCP_TIMEOUT_SECONDS", default_value_t = 20)]
+    pub(crate) mcp_timeout_seconds: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -110,6 +110,10 @@ async fn list_tools(
             )
             .await
             .map_err(load_error)?;
+            let config = mcp::ServerConfig {
+                timeout: state.config.mcp_timeout,
+                ..config
+            };
             let tools = mcp::list_tools(&config).await.map_err(mcp_error)?;
             let at = store::save_tools(&state.db, auth.team_id(), id, &tools).await?;
             (tools, at, false)
