@@ -65,12 +65,44 @@ pub(crate) struct Server {
     /// The tools agents may use; `null` means all.
     allowed_tools: Option<Vec<String>>,
     /// Which tool calls wait for a person: `"never"`, `"always"` or `{"always": [...]}`.
-    #[schema(value_type = Object)]
+    #[schema(schema_with = require_approval_schema)]
     require_approval: Value,
     /// Created at.
     created_at: DateTime<Utc>,
     /// Last change.
     updated_at: DateTime<Utc>,
+}
+
+/// `require_approval` as documented: `"never"`, `"always"`, or `{"always": [tool names]}`.
+fn require_approval_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["never", "always"])),
+        )
+        .item(
+            ObjectBuilder::new()
+                .property(
+                    "always",
+                    ArrayBuilder::new().items(
+                        ObjectBuilder::new()
+                            .schema_type(Type::String)
+                            .min_length(Some(1))
+                            .max_length(Some(200)),
+                    ),
+                )
+                .required("always")
+                .additional_properties(Some(
+                    utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
+                )),
+        )
+        .description(Some(
+            "Which tool calls wait for a person: `\"never\"`, `\"always\"`, or `{\"always\": [tool names]}`.",
+        ))
+        .build()
+        .into()
 }
 
 const COLUMNS: &str = "id, name, server_url, transport, auth_type, auth_config IS NOT NULL AS has_auth, credential_id, allowed_tools, require_approval, created_at, updated_at";
@@ -97,7 +129,7 @@ struct CreateBody {
     /// Tool names agents may use; absent or `null` means all.
     allowed_tools: Option<Vec<String>>,
     /// `"never"` (default), `"always"`, or `{"always": ["tool", ...]}`.
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = require_approval_schema)]
     require_approval: Option<Value>,
 }
 
@@ -124,7 +156,7 @@ struct UpdateBody {
     #[schema(value_type = Option<Vec<String>>)]
     allowed_tools: Option<Option<Vec<String>>>,
     /// `"never"`, `"always"`, or `{"always": [...]}`.
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = require_approval_schema)]
     require_approval: Option<Value>,
 }
 
