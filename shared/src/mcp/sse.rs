@@ -14,6 +14,9 @@ use serde_json::{json, Value};
 
 use super::{Auth, CallToolResult, McpError, ServerConfig, Tool, PROTOCOL_VERSION};
 
+/// The most one session's event stream may carry.
+pub const MAX_STREAM_BYTES: usize = 16 * 1024 * 1024;
+
 type Events = Pin<Box<dyn Stream<Item = Result<Event, String>> + Send>>;
 
 /// An initialized session over the legacy transport.
@@ -44,11 +47,20 @@ pub(super) async fn connect(
             "the GET did not open an event stream (text/event-stream)".into(),
         ));
     }
-    let mut events: Events = Box::pin(
-        resp.bytes_stream()
-            .eventsource()
-            .map(|r| r.map_err(|e| e.to_string())),
-    );
+    // A stream that sends more than MAX_STREAM_BYTES is cut: memory stays bounded whatever
+    // the server sends within the timeout.
+    let mut seen = 0usize;
+    let bytes = resp.bytes_stream().map(move |chunk| {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        seen += chunk.len();
+        if seen > MAX_STREAM_BYTES {
+            return Err(format!(
+                "the event stream sent more than {MAX_STREAM_BYTES} bytes"
+            ));
+        }
+        Ok(chunk)
+    });
+    let mut events: Events = Box::pin(bytes.eventsource().map(|r| r.map_err(|e| e.to_string())));
     let endpoint = loop {
         let event = next_event(&mut events).await?;
         if event.event == "endpoint" {
