@@ -337,6 +337,8 @@ async fn the_shared_client_calls_tools_on_a_real_mcp_server_over_both_transports
     }
     // Three successful calls per transport reached the server; the refused ones did not.
     assert_eq!(py.stats().await.1, 6);
+    // Streamable HTTP sessions were held at protocol 2025-11-25.
+    assert_eq!(py.protocol_versions().await, ["2025-11-25"]);
 
     // Private addresses are refused unless allowed.
     let mut private = server(&py, "/mcp", Transport::StreamableHttp, TOKEN);

@@ -75,16 +75,25 @@ impl PyMcp {
 
     /// How many `tools/list` and `tools/call` requests it has answered.
     pub async fn stats(&self) -> (u64, u64) {
-        let v: Value = reqwest::get(self.url("/stats"))
-            .await
-            .expect("stats")
-            .json()
-            .await
-            .expect("stats JSON");
+        let v = self.raw_stats().await;
         (
             v["list_tools"].as_u64().unwrap(),
             v["call_tool"].as_u64().unwrap(),
         )
+    }
+
+    /// The `MCP-Protocol-Version` headers clients sent (Streamable HTTP, after initialize).
+    pub async fn protocol_versions(&self) -> Vec<String> {
+        serde_json::from_value(self.raw_stats().await["protocol_versions"].clone()).unwrap()
+    }
+
+    async fn raw_stats(&self) -> Value {
+        reqwest::get(self.url("/stats"))
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("stats JSON")
     }
 }
 
