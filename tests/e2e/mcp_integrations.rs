@@ -35,6 +35,14 @@ async fn llm_agent(app: &TestApp, extra: Value) -> String {
 async fn the_integration_endpoint_creates_and_attaches_an_mcp_server_as_the_seed_shows() {
     let app = TestApp::spawn().await;
     let agent = llm_agent(&app, json!({})).await;
+    // No worker runs: the endpoint only makes agent.updated events be recorded.
+    let (s, _) = app
+        .post(
+            "/api/v1/webhooks",
+            json!({"url": "https://example.com/hook", "event_types": ["agent.updated"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
     let (s, b) = app
         .post(
             &configure_path(&agent),
@@ -50,6 +58,23 @@ async fn the_integration_endpoint_creates_and_attaches_an_mcp_server_as_the_seed
     );
     let (_, a) = app.get(&format!("/api/v1/agents/{agent}")).await;
     assert_eq!(a["config"]["mcp_server_ids"], json!([id]), "{a}");
+    let events: Vec<Value> = sqlx::query_scalar(
+        "SELECT payload FROM events WHERE type = 'agent.updated' AND agent_id = $1::uuid",
+    )
+    .bind(&agent)
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["data"]["config"]["mcp_server_ids"], json!([id]));
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_logs WHERE action = 'agent.integration_added' AND target_id = $1",
+    )
+    .bind(&agent)
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(audited, 1);
     let (s, server) = app.get(&format!("/api/v1/mcp-servers/{id}")).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(server["has_auth"], false);

@@ -4,6 +4,7 @@
 //! `llm`) take integrations (else 400 `workflow_required`), at most
 //! `AGENTQ_MAX_INTEGRATIONS_PER_AGENT` each (else 409 `integration_limit_reached`); the
 //! count is checked under the agent row's lock, so concurrent requests cannot overshoot.
+//! The change is audited and emitted as `agent.updated`, like any change to an agent.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -15,13 +16,15 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use agentq_shared::agents::{Agent, AGENT_COLUMNS};
 use agentq_shared::ids::AgentId;
 use agentq_shared::mcp::config::AuthType;
 use agentq_shared::mcp::Transport;
 use agentq_shared::scopes::Scope;
+use agentq_shared::webhooks;
 
 use super::{check_new, insert, Input};
-use crate::agents::visible_agent;
+use crate::agents::{agent_json, visible_agent};
 use crate::auth::Auth;
 use crate::error::{ApiError, Envelope};
 use crate::extract::{ApiJson, ApiPath};
@@ -151,16 +154,25 @@ async fn configure(
         return Err(limit_reached());
     }
     let server = insert(&mut tx, &state, &auth, &v).await?;
-    sqlx::query(
-        "UPDATE agents SET config = jsonb_set(config, '{mcp_server_ids}',
+    let updated: Agent = sqlx::query_as(&format!(
+        "UPDATE agents SET config = jsonb_set(config, '{{mcp_server_ids}}',
                     coalesce(config->'mcp_server_ids', '[]'::jsonb) || to_jsonb($3::text)),
                 updated_at = now()
-         WHERE id = $1 AND team_id = $2",
-    )
+         WHERE id = $1 AND team_id = $2 RETURNING {AGENT_COLUMNS}"
+    ))
     .bind(agent_id)
     .bind(auth.team_id())
     .bind(server.id.to_string())
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
+    .await?;
+    // Subscribers to agent.updated learn of the new integration like of any agent change.
+    let outbox = webhooks::emit(
+        &mut tx,
+        auth.team_id(),
+        "agent.updated",
+        Some(agent_id),
+        &agent_json(&updated),
+    )
     .await?;
     auth.audit(
         &mut tx,
@@ -171,6 +183,7 @@ async fn configure(
     )
     .await?;
     tx.commit().await?;
+    outbox.send(&state.queues.deliveries).await;
     Ok(Json(Answer {
         message: "Success",
         data: Data {
