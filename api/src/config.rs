@@ -44,6 +44,14 @@ pub struct ApiConfig {
     pub request_logs: bool,
     /// Request body bytes kept in a log line.
     pub request_log_body_cap: usize,
+    /// MCP servers one agent may have (`AGENTQ_MAX_INTEGRATIONS_PER_AGENT`).
+    pub max_integrations_per_agent: usize,
+    /// How long an MCP server's `tools/list` answer is served from the cache
+    /// (`AGENTQ_MCP_TOOLS_CACHE_SECONDS`).
+    pub mcp_tools_cache_ttl: Duration,
+    /// Longest one MCP operation (connect, initialize, list or call) may take
+    /// (`AGENTQ_MCP_TIMEOUT_SECONDS`).
+    pub mcp_timeout: Duration,
 }
 
 impl ApiConfig {
@@ -70,6 +78,9 @@ impl ApiConfig {
             rate_limit_redis_down: RedisDown::Open,
             request_logs: true,
             request_log_body_cap: 4096,
+            max_integrations_per_agent: 10,
+            mcp_tools_cache_ttl: Duration::from_secs(300),
+            mcp_timeout: agentq_shared::mcp::DEFAULT_TIMEOUT,
         }
     }
 }

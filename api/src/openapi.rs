@@ -33,7 +33,7 @@ pub const DOCS_PATH: &str = "/api/v1/docs";
 
 const DESCRIPTION: &str = "\
 Host AI agents behind an API: agents, their runs (signals, API runs, chat), approvals, \
-notifications, outgoing and inbound webhooks, usage, audit and request logs.
+notifications, outgoing and inbound webhooks, credentials, MCP servers, usage, audit and request logs.
 
 **Auth.** Send an API key as `Authorization: Bearer <key>` or `X-Api-Key: <key>`. Each \
 operation names the scope it needs (`x-required-scopes`); a key holding `all` has every scope. \
@@ -67,6 +67,8 @@ stable strings (`api_key_invalid`, `insufficient_scope`, `rate_limited`, `valida
         (name = "notifications", description = "What needs a person's attention."),
         (name = "webhooks", description = "Endpoints that receive signed events, and their deliveries."),
         (name = "inbound webhooks", description = "Public URLs through which other services start an agent."),
+        (name = "credentials", description = "Team secrets (model API keys, MCP tokens): write-only, encrypted at rest, revocable."),
+        (name = "mcp servers", description = "MCP servers whose tools agents use, their tools, and per-agent integrations."),
         (name = "api keys", description = "Scoped keys: created with the secret shown once, revoked at once everywhere."),
         (name = "usage", description = "Usage by day and by agent."),
         (name = "logs", description = "Audit logs and request logs."),
@@ -89,6 +91,8 @@ pub(crate) fn routes(inbound_body_limit: usize) -> OpenApiRouter<AppState> {
         .merge(crate::webhooks::routes())
         .merge(crate::inbound::routes())
         .merge(crate::request_logs::routes())
+        .merge(crate::credentials::routes())
+        .merge(crate::mcp_servers::routes())
         .routes(routes!(openapi_json))
         .routes(routes!(docs));
     OpenApiRouter::with_openapi(BaseDoc::openapi())

@@ -158,6 +158,9 @@ fn is_secret(name: &str) -> bool {
     .iter()
     .any(|s| n.contains(s))
         || n == "key"
+        // A credential's value and an MCP server's auth config are secrets whole.
+        || n == "value"
+        || n == "auth_config"
 }
 
 fn redact_json(v: &mut Value) {

@@ -132,6 +132,9 @@ fn api_config(
     };
     config.request_logs = args.request_logs;
     config.request_log_body_cap = args.request_log_body_cap;
+    config.max_integrations_per_agent = args.max_integrations_per_agent;
+    config.mcp_tools_cache_ttl = Duration::from_secs(args.mcp_tools_cache_seconds);
+    config.mcp_timeout = Duration::from_secs(args.mcp_timeout_seconds.max(1));
     Ok(config)
 }
 

@@ -186,6 +186,18 @@ pub(crate) struct ApiArgs {
     /// Request body bytes kept in a log line.
     #[arg(long, env = "AGENTQ_REQUEST_LOG_BODY_CAP", default_value_t = 4096)]
     pub(crate) request_log_body_cap: usize,
+
+    /// MCP servers one agent may have (the integration endpoint answers 409 past it).
+    #[arg(long, env = "AGENTQ_MAX_INTEGRATIONS_PER_AGENT", default_value_t = 10)]
+    pub(crate) max_integrations_per_agent: usize,
+
+    /// Seconds an MCP server's tool list is served from the cache.
+    #[arg(long, env = "AGENTQ_MCP_TOOLS_CACHE_SECONDS", default_value_t = 300)]
+    pub(crate) mcp_tools_cache_seconds: u64,
+
+    /// Longest one MCP operation (connect, initialize, tools/list) may take, in seconds.
+    #[arg(long, env = "AGENTQ_MCP_TIMEOUT_SECONDS", default_value_t = 20)]
+    pub(crate) mcp_timeout_seconds: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

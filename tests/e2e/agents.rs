@@ -99,7 +99,8 @@ async fn invalid_agents_are_refused_naming_the_field() {
     };
     let cases = [
         (with(json!({"name": ""})), "name"),
-        (with(json!({"runtime": "llm"})), "runtime"),
+        (with(json!({"runtime": "robot"})), "runtime"),
+        (with(json!({"runtime": "llm"})), "config.steps"),
         (
             with(json!({"config": {"steps": [{"reply": 5}]}})),
             "config.steps[0].reply",

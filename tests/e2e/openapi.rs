@@ -66,6 +66,17 @@ const OPERATIONS: &[&str] = &[
     "GET /api/v1/webhooks/{id}/deliveries/{delivery_id}",
     "POST /api/v1/webhooks/{id}/deliveries/{delivery_id}/retry",
     "GET /api/v1/request-logs",
+    "GET /api/v1/credentials",
+    "POST /api/v1/credentials",
+    "GET /api/v1/credentials/{id}",
+    "POST /api/v1/credentials/{id}/revoke",
+    "GET /api/v1/mcp-servers",
+    "POST /api/v1/mcp-servers",
+    "GET /api/v1/mcp-servers/{id}",
+    "PATCH /api/v1/mcp-servers/{id}",
+    "DELETE /api/v1/mcp-servers/{id}",
+    "GET /api/v1/mcp-servers/{id}/tools",
+    "POST /api/v1/console/agents/{agentId}/integrations/mcp_server/configure",
 ];
 
 const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
@@ -160,6 +171,7 @@ async fn the_document_lists_exactly_the_operations_the_router_serves() {
             .replace("{token}", "unknowntoken")
             .replace("{id}", &id)
             .replace("{hook_id}", &id)
+            .replace("{agentId}", &id)
             .replace("{delivery_id}", &id);
         let resp = app
             .req(Method::from_bytes(method.as_bytes()).unwrap(), &url)

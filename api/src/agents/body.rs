@@ -44,7 +44,8 @@ pub(super) struct CreateAgent {
     rate_limit: Option<RateLimit>,
 }
 
-/// An agent's runtime: `scripted` (steps in its config) or `http` (runs POSTed to a URL).
+/// An agent's runtime: `scripted` (steps in its config), `http` (runs POSTed to a URL) or
+/// `llm` (an OpenAI-compatible model with tools from MCP servers).
 #[derive(ToSchema)]
 #[schema(rename_all = "snake_case")]
 #[allow(dead_code)] // Documents the strings `config::validate` accepts.
@@ -53,6 +54,8 @@ pub(super) enum Runtime {
     Scripted,
     /// Each run is POSTed, signed, to the config's URL.
     Http,
+    /// An OpenAI-compatible model with tools from the agent's MCP servers.
+    Llm,
 }
 
 /// Requests aimed at the agent per minute and per day, whatever the key (1 to 100000000 each).
@@ -198,6 +201,28 @@ impl UpdateAgent {
 }
 
 impl Valid {
+    /// Checks what an llm config names: the team's credential (not revoked) and MCP servers,
+    /// at most `max_servers` of them.
+    pub(super) async fn check_references(
+        &self,
+        db: &sqlx::PgPool,
+        team_id: agentq_shared::ids::TeamId,
+        max_servers: usize,
+    ) -> Result<(), ApiError> {
+        let Ok(RuntimeConfig::Llm(l)) = config::validate(&self.runtime, &self.config) else {
+            return Ok(());
+        };
+        if l.mcp_server_ids.len() > max_servers {
+            return Err(ApiError::invalid_field(
+                "config.mcp_server_ids",
+                format!("at most {max_servers} MCP servers per agent"),
+            ));
+        }
+        config::check_references(db, team_id, &l)
+            .await?
+            .map_err(|e| ApiError::invalid_field(&e.field, e.problem))
+    }
+
     fn checked(mut self, allow_private: bool) -> Result<Self, ApiError> {
         self.name = self.name.trim().to_owned();
         if self.name.is_empty() || self.name.chars().count() > 200 {
@@ -218,9 +243,16 @@ impl Valid {
         }
         let parsed = config::validate(&self.runtime, &self.config)
             .map_err(|e| ApiError::invalid_field(&e.field, e.problem))?;
-        if let RuntimeConfig::Http(h) = &parsed {
-            net::validate_destination(&h.url, allow_private)
-                .map_err(|e| ApiError::invalid_field("config.url", e))?;
+        match &parsed {
+            RuntimeConfig::Http(h) => {
+                net::validate_destination(&h.url, allow_private)
+                    .map_err(|e| ApiError::invalid_field("config.url", e))?;
+            }
+            RuntimeConfig::Llm(l) => {
+                net::validate_destination(&l.base_url, allow_private)
+                    .map_err(|e| ApiError::invalid_field("config.base_url", e))?;
+            }
+            RuntimeConfig::Scripted(_) => {}
         }
         schedule::parse_zone(&self.timezone).map_err(|e| ApiError::invalid_field(e.field(), e))?;
         if let Some(s) = &self.schedule {

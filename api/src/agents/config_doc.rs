@@ -7,7 +7,8 @@ use serde::Deserialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-/// A runtime's configuration: `scripted` takes `{"steps": [...]}`, `http` takes a URL.
+/// A runtime's configuration: `scripted` takes `{"steps": [...]}`, `http` takes a URL, `llm`
+/// takes a model.
 #[derive(Deserialize, ToSchema)]
 #[serde(untagged)]
 #[schema(as = AgentConfig)]
@@ -16,6 +17,8 @@ pub(super) enum ConfigDoc {
     Scripted(ScriptedDoc),
     /// For `runtime: http`.
     Http(HttpDoc),
+    /// For `runtime: llm`.
+    Llm(LlmDoc),
 }
 
 /// A scripted agent's steps, run in order.
@@ -104,4 +107,35 @@ pub(super) struct HttpDoc {
     #[serde(default)]
     #[schema(minimum = 0, maximum = 10)]
     max_retries: u32,
+}
+
+/// An llm agent: an OpenAI-compatible model with tools from MCP servers. Only `base_url` and
+/// `model` are required.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = LlmConfig)]
+pub(super) struct LlmDoc {
+    /// Base of the OpenAI-compatible API; private addresses are refused unless allowed.
+    #[schema(example = "https://api.openai.com/v1")]
+    base_url: String,
+    /// The model's name, 1 to 200 characters.
+    #[schema(example = "gpt-4o-mini", min_length = 1, max_length = 200)]
+    model: String,
+    /// A team credential (not revoked), sent as the bearer token.
+    credential_id: Option<uuid::Uuid>,
+    /// At most 100000 characters.
+    #[schema(max_length = 100_000)]
+    system_prompt: Option<String>,
+    /// The team's MCP servers whose tools the model is offered (at most
+    /// `AGENTQ_MAX_INTEGRATIONS_PER_AGENT`).
+    mcp_server_ids: Option<Vec<uuid::Uuid>>,
+    /// Model turns before the run fails, 1 to 100 (default 10).
+    #[schema(minimum = 1, maximum = 100)]
+    max_steps: Option<u32>,
+    /// Output tokens per model turn, 1 to 1000000.
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    max_output_tokens: Option<u32>,
+    /// Sampling temperature, 0 to 2.
+    #[schema(minimum = 0, maximum = 2)]
+    temperature: Option<f64>,
 }

@@ -83,6 +83,12 @@ async fn create(
         ));
     }
     let v = body.validate(state.config.allow_private_networks)?;
+    v.check_references(
+        &state.db,
+        auth.team_id(),
+        state.config.max_integrations_per_agent,
+    )
+    .await?;
     let secret = agentq_shared::signing::new_secret();
     let mut tx = state.db.begin().await?;
     let agent: Agent = sqlx::query_as(&format!(
@@ -202,6 +208,12 @@ async fn update(
     auth.require(Scope::AgentsWrite)?;
     let current = visible_agent(&state, &auth, id).await?;
     let v = body.apply(&current, state.config.allow_private_networks)?;
+    v.check_references(
+        &state.db,
+        auth.team_id(),
+        state.config.max_integrations_per_agent,
+    )
+    .await?;
     // A schedule edit takes effect at once; otherwise the pending fire time stays.
     let next_run_at = if v.schedule != current.schedule || v.timezone != current.timezone {
         Agent::first_fire(v.schedule.as_deref(), &v.timezone)

@@ -5,6 +5,7 @@
 
 pub mod procs;
 pub mod proxy;
+pub mod py_mcp;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -79,6 +79,10 @@ impl AnyRuntime {
             Ok(RuntimeConfig::Http(c)) => {
                 Ok(AnyRuntime::Http(http::HttpAgent::new(c, client.clone())))
             }
+            // Accepted by the API so agents can be set up; executed by a later version.
+            Ok(RuntimeConfig::Llm(_)) => Err(RuntimeError(
+                "the llm runtime is not available in this version".into(),
+            )),
             Err(e) => Err(RuntimeError(format!("agent config is invalid: {e}"))),
         }
     }
