@@ -13,6 +13,7 @@ mod gateway;
 mod health;
 mod http_runtime;
 mod inbound;
+mod key_privileges;
 mod openapi;
 mod resilience;
 mod runs;
