@@ -44,6 +44,8 @@ pub struct ApiConfig {
     pub request_logs: bool,
     /// Request body bytes kept in a log line.
     pub request_log_body_cap: usize,
+    /// Longest a request waits for a Postgres connection before 503 `database_unavailable`.
+    pub db_acquire_timeout: Duration,
 }
 
 impl ApiConfig {
@@ -70,6 +72,7 @@ impl ApiConfig {
             rate_limit_redis_down: RedisDown::Open,
             request_logs: true,
             request_log_body_cap: 4096,
+            db_acquire_timeout: Duration::from_millis(2500),
         }
     }
 }

@@ -63,6 +63,18 @@ fn valid_incoming_id(v: &HeaderValue) -> Option<&str> {
     ok.then_some(s)
 }
 
+/// The path as logged: an inbound hook's token is its credential, so only its first
+/// characters are kept (`/hooks/AbCd…`), enough to tell hooks apart.
+pub(crate) fn loggable_path(path: &str) -> String {
+    match path.strip_prefix("/hooks/") {
+        Some(token) => {
+            let shown: String = token.chars().take(4).collect();
+            format!("/hooks/{shown}…")
+        }
+        None => path.to_owned(),
+    }
+}
+
 /// The outermost middleware: sets up [`RequestContext`], serves, then logs and measures.
 pub async fn request_context(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let mut req = req;
@@ -88,7 +100,7 @@ pub async fn request_context(State(state): State<AppState>, req: Request, next: 
     });
     req.extensions_mut().insert(ctx.clone());
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    let path = loggable_path(req.uri().path());
     let logged = state
         .request_logs
         .clone()

@@ -78,9 +78,12 @@ impl App {
     pub async fn build(config: ApiConfig) -> Result<Self, StartError> {
         // Install the recorder before the first request records anything.
         agentq_shared::telemetry::metrics_handle();
-        let db =
-            agentq_shared::db::connect(&config.store.database_url, config.store.db_max_connections)
-                .await?;
+        let db = agentq_shared::db::connect_with(
+            &config.store.database_url,
+            config.store.db_max_connections,
+            config.db_acquire_timeout,
+        )
+        .await?;
         let redis = redis_conn::connect(&config.store.redis_url).await?;
         let listener =
             TcpListener::bind(config.listen)
@@ -89,6 +92,19 @@ impl App {
                     addr: config.listen,
                     source,
                 })?;
+        let mut config = config;
+        if config.public_url.is_none() {
+            // Hook URLs are never built from a request's Host header, which the client picks.
+            let base = format!(
+                "http://{}",
+                listener.local_addr().map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source
+                })?
+            );
+            tracing::warn!(%base, "AGENTQ_PUBLIC_URL is not set: inbound webhook URLs use the listen address");
+            config.public_url = Some(base);
+        }
         let keys = Keys::new(config.store.redis_prefix.clone());
         let queues = Queues::new(redis.clone(), &keys)?;
         let keyring = Keyring::load(&db, config.master_key).await?;

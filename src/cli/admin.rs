@@ -126,6 +126,13 @@ fn api_config(
     };
     config.request_logs = args.request_logs;
     config.request_log_body_cap = args.request_log_body_cap;
+    if args.db_acquire_timeout_ms == 0 {
+        return Err(ConfigError::invalid(
+            "AGENTQ_DB_ACQUIRE_TIMEOUT_MS",
+            "must be at least 1 ms",
+        ));
+    }
+    config.db_acquire_timeout = Duration::from_millis(args.db_acquire_timeout_ms);
     Ok(config)
 }
 

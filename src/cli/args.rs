@@ -130,9 +130,13 @@ pub(crate) struct ApiArgs {
     pub(crate) webhook_rotation_grace_seconds: u64,
 
     /// Base of the public URLs agentq hands out (inbound webhooks), e.g. https://agents.example.com.
-    /// Default: the host the request came to.
+    /// Default: the address the API listens on (never a request's Host header).
     #[arg(long, env = "AGENTQ_PUBLIC_URL")]
     pub(crate) public_url: Option<String>,
+
+    /// Longest an API request waits for a Postgres connection before answering 503 (ms).
+    #[arg(long, env = "AGENTQ_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2500)]
+    pub(crate) db_acquire_timeout_ms: u64,
 
     /// Largest inbound webhook body, in bytes.
     #[arg(long, env = "AGENTQ_INBOUND_BODY_LIMIT", default_value_t = 256 * 1024)]

@@ -11,6 +11,7 @@ mod cli;
 mod errors;
 mod gateway;
 mod health;
+mod hostile_clients;
 mod http_runtime;
 mod inbound;
 mod key_privileges;
