@@ -108,6 +108,13 @@ impl App {
         let keys = Keys::new(config.store.redis_prefix.clone());
         let queues = Queues::new(redis.clone(), &keys)?;
         let keyring = Keyring::load(&db, config.master_key).await?;
+        let sealed = agentq_shared::agents::seal_signing_secrets(&db, &keyring).await?;
+        if sealed > 0 {
+            tracing::info!(
+                sealed,
+                "encrypted agents' signing secrets stored in plain text"
+            );
+        }
         let state = AppState {
             db,
             redis,

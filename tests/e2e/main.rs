@@ -19,5 +19,6 @@ mod openapi;
 mod resilience;
 mod runs;
 mod schedules;
+mod secrets_at_rest;
 mod streaming;
 mod webhooks;

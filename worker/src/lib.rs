@@ -137,12 +137,12 @@ pub async fn run(
             runs: runs.clone(),
             deliveries: deliveries.clone(),
         },
-        keyring,
+        keyring: keyring.clone(),
         endpoint_limits: Arc::new(webhooks::EndpointLimits::new(config.endpoint_concurrency)),
         db,
         redis,
         keys,
-        http: net::SafeClient::new(config.allow_private_networks)?,
+        http: net::SafeClient::new(config.allow_private_networks, keyring)?,
         config: config.clone(),
     };
     let name = format!(

@@ -86,7 +86,7 @@ async fn create(
     let secret = agentq_shared::signing::new_secret();
     let mut tx = state.db.begin().await?;
     let agent: Agent = sqlx::query_as(&format!(
-        "INSERT INTO agents (id, team_id, name, description, runtime, config, signing_secret, schedule, timezone,
+        "INSERT INTO agents (id, team_id, name, description, runtime, config, signing_secret_sealed, schedule, timezone,
                              max_concurrent_runs, max_run_seconds, approval, next_run_at, rate_limit_per_minute, rate_limit_per_day)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING {AGENT_COLUMNS}"
     ))
@@ -96,7 +96,7 @@ async fn create(
     .bind(&v.description)
     .bind(&v.runtime)
     .bind(&v.config)
-    .bind(&secret)
+    .bind(state.keyring.encrypt(&secret))
     .bind(&v.schedule)
     .bind(&v.timezone)
     .bind(v.limits.max_concurrent_runs)
