@@ -46,6 +46,11 @@ pub struct ApiConfig {
     pub request_log_body_cap: usize,
     /// Longest a request waits for a Postgres connection before 503 `database_unavailable`.
     pub db_acquire_timeout: Duration,
+    /// Longest a client may take to send a request's headers, and to start its next request
+    /// on an idle connection; then the connection is closed.
+    pub header_read_timeout: Duration,
+    /// Longest a client may take to send a request's body; then 408 `request_timeout`.
+    pub body_read_timeout: Duration,
 }
 
 impl ApiConfig {
@@ -73,6 +78,8 @@ impl ApiConfig {
             request_logs: true,
             request_log_body_cap: 4096,
             db_acquire_timeout: Duration::from_millis(2500),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
         }
     }
 }

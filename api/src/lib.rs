@@ -32,6 +32,7 @@ mod notifications;
 pub mod ratelimit;
 pub mod request_logs;
 mod runs;
+mod serve;
 mod triggers;
 mod usage;
 mod webhooks;
@@ -172,13 +173,9 @@ impl App {
         } else {
             None
         };
+        let header_read_timeout = serving.config.header_read_timeout;
         let app = router(serving);
-        let result = axum::serve(
-            self.listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await;
+        let result = serve::serve(self.listener, app, header_read_timeout, shutdown).await;
         flusher.abort();
         doorbells.abort();
         state.last_used.flush(&state.db).await;

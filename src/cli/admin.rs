@@ -133,6 +133,8 @@ fn api_config(
         ));
     }
     config.db_acquire_timeout = Duration::from_millis(args.db_acquire_timeout_ms);
+    config.header_read_timeout = Duration::from_secs(args.header_read_timeout_seconds.max(1));
+    config.body_read_timeout = Duration::from_secs(args.body_read_timeout_seconds.max(1));
     Ok(config)
 }
 

@@ -134,6 +134,15 @@ pub(crate) struct ApiArgs {
     #[arg(long, env = "AGENTQ_PUBLIC_URL")]
     pub(crate) public_url: Option<String>,
 
+    /// Longest a client may take to send a request's headers, or to start its next request
+    /// on an idle connection, before it is closed (seconds).
+    #[arg(long, env = "AGENTQ_HEADER_READ_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub(crate) header_read_timeout_seconds: u64,
+
+    /// Longest a client may take to send a request's body before 408 (seconds).
+    #[arg(long, env = "AGENTQ_BODY_READ_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub(crate) body_read_timeout_seconds: u64,
+
     /// Longest an API request waits for a Postgres connection before answering 503 (ms).
     #[arg(long, env = "AGENTQ_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2500)]
     pub(crate) db_acquire_timeout_ms: u64,

@@ -20,5 +20,6 @@ mod resilience;
 mod runs;
 mod schedules;
 mod secrets_at_rest;
+mod slow_clients;
 mod streaming;
 mod webhooks;
