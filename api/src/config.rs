@@ -51,6 +51,10 @@ pub struct ApiConfig {
     pub header_read_timeout: Duration,
     /// Longest a client may take to send a request's body; then 408 `request_timeout`.
     pub body_read_timeout: Duration,
+    /// Shortest interval between two fires of an agent's schedule.
+    pub min_schedule_interval: Duration,
+    /// Live agents a team may have.
+    pub max_agents_per_team: i64,
 }
 
 impl ApiConfig {
@@ -80,6 +84,8 @@ impl ApiConfig {
             db_acquire_timeout: Duration::from_millis(2500),
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
+            min_schedule_interval: agentq_shared::schedule::DEFAULT_MIN_INTERVAL,
+            max_agents_per_team: 1000,
         }
     }
 }

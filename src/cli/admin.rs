@@ -135,6 +135,8 @@ fn api_config(
     config.db_acquire_timeout = Duration::from_millis(args.db_acquire_timeout_ms);
     config.header_read_timeout = Duration::from_secs(args.header_read_timeout_seconds.max(1));
     config.body_read_timeout = Duration::from_secs(args.body_read_timeout_seconds.max(1));
+    config.min_schedule_interval = Duration::from_secs(t.min_schedule_seconds);
+    config.max_agents_per_team = i64::from(args.max_agents_per_team);
     Ok(config)
 }
 
@@ -202,6 +204,7 @@ fn scheduler_config(
     config.requeue_after = seconds("AGENTQ_REQUEUE_AFTER_SECONDS", args.requeue_after_seconds)?;
     config.request_log_retention =
         Duration::from_secs(u64::from(args.request_log_retention_days.max(1)) * 86_400);
+    config.min_interval = Duration::from_secs(t.min_schedule_seconds);
     config.catch_up = match args.catch_up {
         super::args::CatchUpArg::One => agentq_scheduler::CatchUp::One,
         super::args::CatchUpArg::Skip => agentq_scheduler::CatchUp::Skip,

@@ -16,6 +16,7 @@ mod http_runtime;
 mod inbound;
 mod key_privileges;
 mod openapi;
+mod quotas;
 mod resilience;
 mod runs;
 mod schedules;
