@@ -117,14 +117,16 @@ async fn read_body(state: &AppState, req: Request) -> (Request, Result<Bytes, St
 }
 
 /// The path as logged: an inbound hook's token is its credential, so only its first
-/// characters are kept (`/hooks/AbCd…`), enough to tell hooks apart.
+/// characters are kept (`/hooks/AbCd…`), enough to tell hooks apart; anything shaped like a
+/// secret elsewhere is redacted.
 pub(crate) fn loggable_path(path: &str) -> String {
     match path.strip_prefix("/hooks/") {
         Some(token) => {
             let shown: String = token.chars().take(4).collect();
             format!("/hooks/{shown}…")
         }
-        None => path.to_owned(),
+        // A key pasted into a URL is still a key.
+        None => crate::request_logs::redact_text(path).into_owned(),
     }
 }
 

@@ -111,6 +111,14 @@ async fn request_logs_keep_no_secret_of_a_body_that_is_not_json() {
     )
     .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    // A key pasted into a path is redacted too.
+    let (s, _) = send(app.req(Method::GET, &format!("/api/v1/agents/{leaked_key}"))).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let lines = logs_once(&app, |l| l["status"] == 404).await;
+    assert!(
+        !serde_json::to_string(&lines).unwrap().contains(&leaked_key),
+        "the key in the path was logged: {lines:?}"
+    );
     let lines = logs_once(&app, |l| {
         l["status"] == 400 && l["path"] == "/api/v1/api-keys"
     })
