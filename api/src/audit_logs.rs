@@ -45,7 +45,8 @@ struct Query {
     cursor: Option<String>,
 }
 
-/// The team's audit trail, newest first, filtered.
+/// The team's audit trail, newest first, filtered. A key limited to some agents reads only
+/// the entries about those agents (none of the team-wide ones).
 ///
 /// Scope: `audit_logs:read`.
 #[utoipa::path(get, path = "/audit-logs", operation_id = "listAuditLogs", tag = "logs", params(Query),
@@ -63,6 +64,7 @@ async fn list(
         target: q.target,
         from: q.from,
         to: q.to,
+        agents: auth.agent_restriction().map(<[_]>::to_vec),
     };
     Ok(Json(
         audit::list(&state.db, auth.team_id(), &filter, &cursor).await?,

@@ -28,6 +28,10 @@ pub struct Auth {
     pub key: Arc<ApiKey>,
     /// Its scopes, parsed.
     pub scopes: ScopeSet,
+    /// Its rate limit as enforced: its own, else its team's, else the operator's default.
+    pub limit: Limit,
+    /// Its team's rate limit (what a key without its own limit falls back to).
+    pub team_limit: Limit,
     ctx: Arc<RequestContext>,
 }
 
@@ -95,7 +99,8 @@ impl Auth {
     }
 }
 
-fn positive(v: Option<i32>) -> Option<u32> {
+/// A stored limit window as enforced: zero or negative means none.
+pub(crate) fn positive(v: Option<i32>) -> Option<u32> {
     v.and_then(|n| u32::try_from(n).ok()).filter(|n| *n > 0)
 }
 
@@ -108,23 +113,47 @@ fn agent_in_path(path: &str) -> Option<AgentId> {
         .ok()
 }
 
-fn presented_key(parts: &Parts) -> Option<&str> {
-    if let Some(v) = parts
-        .headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
-        let v = v.trim();
-        let (scheme, rest) = v.split_once(' ').unwrap_or((v, ""));
-        if scheme.eq_ignore_ascii_case("bearer") {
-            return Some(rest.trim());
-        }
+/// The key a request presents, from `Authorization: Bearer` or `X-Api-Key`. Credentials
+/// that disagree are refused rather than one of them picked: two `Authorization` headers,
+/// two `X-Api-Key` headers, a bearer key and an `X-Api-Key` that differ, or another
+/// `Authorization` scheme (e.g. `Basic`) next to an `X-Api-Key`.
+fn presented_key(parts: &Parts) -> Result<Option<&str>, ApiError> {
+    let conflict = || {
+        ApiError::unauthorized(
+            "credentials_conflict",
+            "The request carries conflicting credentials; send one API key, as Authorization: Bearer <key> or X-Api-Key: <key>.",
+        )
+    };
+    let mut authorization = parts.headers.get_all(AUTHORIZATION).iter();
+    let (first, second) = (authorization.next(), authorization.next());
+    if second.is_some() {
+        return Err(conflict());
     }
-    parts
-        .headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
+    let mut api_keys = parts.headers.get_all("x-api-key").iter();
+    let (x_key, second) = (api_keys.next(), api_keys.next());
+    if second.is_some() {
+        return Err(conflict());
+    }
+    let x_key = x_key.map(|v| v.to_str().map(str::trim).unwrap_or(""));
+    let bearer = match first {
+        None => None,
+        Some(v) => {
+            let v = v.to_str().map(str::trim).unwrap_or("");
+            let (scheme, rest) = v.split_once(' ').unwrap_or((v, ""));
+            if scheme.eq_ignore_ascii_case("bearer") {
+                Some(rest.trim())
+            } else if x_key.is_some() {
+                return Err(conflict());
+            } else {
+                None
+            }
+        }
+    };
+    match (bearer, x_key) {
+        (Some(a), Some(b)) if a != b => Err(conflict()),
+        (Some(a), _) => Ok(Some(a)),
+        (None, b) => Ok(b),
+    }
 }
 
 impl FromRequestParts<AppState> for Auth {
@@ -136,7 +165,7 @@ impl FromRequestParts<AppState> for Auth {
             .get::<Arc<RequestContext>>()
             .cloned()
             .ok_or_else(|| ApiError::internal("request context layer is missing"))?;
-        let Some(secret) = presented_key(parts).filter(|k| !k.is_empty()) else {
+        let Some(secret) = presented_key(parts)?.filter(|k| !k.is_empty()) else {
             return Err(ApiError::unauthorized(
                 "api_key_missing",
                 "An API key is required: send Authorization: Bearer <key> or X-Api-Key: <key>.",
@@ -168,7 +197,17 @@ impl FromRequestParts<AppState> for Auth {
         let _ = ctx.key_id.set(key.id);
         let _ = ctx.team_id.set(key.team_id);
         state.last_used.note(key.id, now);
+        let own = Limit {
+            per_minute: positive(key.rate_limit.per_minute),
+            per_day: positive(key.rate_limit.per_day),
+        };
+        let team_limit = Limit {
+            per_minute: positive(found.team_per_minute),
+            per_day: positive(found.team_per_day),
+        };
         let auth = Auth {
+            limit: own.or(team_limit).or(state.config.default_rate_limit),
+            team_limit,
             key: Arc::new(key),
             scopes,
             ctx,
@@ -184,15 +223,7 @@ impl FromRequestParts<AppState> for Auth {
             let _ = auth.ctx.agent_id.set(a);
         }
         if state.config.rate_limits {
-            let own = Limit {
-                per_minute: positive(auth.key.rate_limit.per_minute),
-                per_day: positive(auth.key.rate_limit.per_day),
-            };
-            let team = Limit {
-                per_minute: positive(found.team_per_minute),
-                per_day: positive(found.team_per_day),
-            };
-            let key_limit = own.or(team).or(state.config.default_rate_limit);
+            let key_limit = auth.limit;
             let agent_limit = match agent {
                 Some(a) => state
                     .agent_limits

@@ -52,6 +52,17 @@ pub struct ApiConfig {
     /// Longest one MCP operation (connect, initialize, list or call) may take
     /// (`AGENTQ_MCP_TIMEOUT_SECONDS`).
     pub mcp_timeout: Duration,
+    /// Longest a request waits for a Postgres connection before 503 `database_unavailable`.
+    pub db_acquire_timeout: Duration,
+    /// Longest a client may take to send a request's headers, and to start its next request
+    /// on an idle connection; then the connection is closed.
+    pub header_read_timeout: Duration,
+    /// Longest a client may take to send a request's body; then 408 `request_timeout`.
+    pub body_read_timeout: Duration,
+    /// Shortest interval between two fires of an agent's schedule.
+    pub min_schedule_interval: Duration,
+    /// Live agents a team may have.
+    pub max_agents_per_team: i64,
 }
 
 impl ApiConfig {
@@ -81,6 +92,11 @@ impl ApiConfig {
             max_integrations_per_agent: 10,
             mcp_tools_cache_ttl: Duration::from_secs(300),
             mcp_timeout: agentq_shared::mcp::DEFAULT_TIMEOUT,
+            db_acquire_timeout: Duration::from_millis(2500),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            min_schedule_interval: agentq_shared::schedule::DEFAULT_MIN_INTERVAL,
+            max_agents_per_team: 1000,
         }
     }
 }

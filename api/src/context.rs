@@ -63,6 +63,73 @@ fn valid_incoming_id(v: &HeaderValue) -> Option<&str> {
     ok.then_some(s)
 }
 
+/// Longest request target (path and query) served; a longer one is 414. (hyper itself
+/// answers 414 past 64 KiB; see [`crate::serve`].)
+const MAX_URI_LEN: usize = 8192;
+
+/// Reads the whole body (so the request log can keep a redacted copy, and a slow body
+/// cannot hold a request open), or says which status ends the request instead: 414 for an
+/// overlong URI, 413 for a `Content-Length` over the limit (before any of the body is read)
+/// or a body that passes it, 408 when the body is not in within the body-read timeout.
+async fn read_body(state: &AppState, req: Request) -> (Request, Result<Bytes, StatusCode>) {
+    let (parts, body) = req.into_parts();
+    let empty = |parts, status| (Request::from_parts(parts, Body::empty()), Err(status));
+    let target_len = parts.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if target_len > MAX_URI_LEN {
+        return empty(parts, StatusCode::URI_TOO_LONG);
+    }
+    // The public hook route has its own, smaller limit; API routes are held to theirs by
+    // the extractors, within the larger of the two here.
+    let limit = if parts.uri.path().starts_with("/hooks/") {
+        state.config.inbound_body_limit
+    } else {
+        state.config.body_limit.max(state.config.inbound_body_limit)
+    };
+    let declared = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return empty(parts, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+    let read = tokio::time::timeout(
+        state.config.body_read_timeout,
+        axum::body::to_bytes(body, limit),
+    );
+    match read.await {
+        Ok(Ok(bytes)) => (
+            Request::from_parts(parts, Body::from(bytes.clone())),
+            Ok(bytes),
+        ),
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            let status = if too_large {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            empty(parts, status)
+        }
+        Err(_) => empty(parts, StatusCode::REQUEST_TIMEOUT),
+    }
+}
+
+/// The path as logged: an inbound hook's token is its credential, so only its first
+/// characters are kept (`/hooks/AbCd…`), enough to tell hooks apart; anything shaped like a
+/// secret elsewhere is redacted.
+pub(crate) fn loggable_path(path: &str) -> String {
+    match path.strip_prefix("/hooks/") {
+        Some(token) => {
+            let shown: String = token.chars().take(4).collect();
+            format!("/hooks/{shown}…")
+        }
+        // A key pasted into a URL is still a key.
+        None => crate::request_logs::redact_text(path).into_owned(),
+    }
+}
+
 /// The outermost middleware: sets up [`RequestContext`], serves, then logs and measures.
 pub async fn request_context(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let mut req = req;
@@ -88,7 +155,7 @@ pub async fn request_context(State(state): State<AppState>, req: Request, next: 
     });
     req.extensions_mut().insert(ctx.clone());
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    let path = loggable_path(req.uri().path());
     let logged = state
         .request_logs
         .clone()
@@ -103,29 +170,15 @@ pub async fn request_context(State(state): State<AppState>, req: Request, next: 
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let mut body_seen: Option<Bytes> = None;
-    if logged.is_some() {
-        // Read the body here (within the largest limit) so the log can keep a redacted copy.
-        let limit = state.config.body_limit.max(state.config.inbound_body_limit);
-        let (parts, body) = req.into_parts();
-        match axum::body::to_bytes(body, limit).await {
-            Ok(bytes) => {
-                body_seen = Some(bytes.clone());
-                req = Request::from_parts(parts, Body::from(bytes));
-            }
-            Err(e) => {
-                let too_large = std::error::Error::source(&e)
-                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-                let status = if too_large {
-                    StatusCode::PAYLOAD_TOO_LARGE
-                } else {
-                    StatusCode::BAD_REQUEST
-                };
-                req = Request::from_parts(parts, Body::empty());
-                req.extensions_mut().insert(EarlyStatus(status));
-            }
+    let (req, body) = read_body(&state, req).await;
+    let (req, body_seen) = match body {
+        Ok(bytes) => (req, logged.as_ref().map(|_| bytes)),
+        Err(status) => {
+            let mut req = req;
+            req.extensions_mut().insert(EarlyStatus(status));
+            (req, None)
         }
-    }
+    };
     let span =
         tracing::info_span!("request", request_id = %request_id, method = %method, path = %path);
 

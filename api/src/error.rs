@@ -154,6 +154,14 @@ impl ApiError {
                 "Content-Type must be application/json",
             ),
             StatusCode::REQUEST_TIMEOUT => ("request_timeout", "The request took too long"),
+            StatusCode::URI_TOO_LONG => (
+                "uri_too_long",
+                "The request's path and query are longer than the limit",
+            ),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
+                "headers_too_large",
+                "The request's headers are larger than the limit",
+            ),
             StatusCode::INTERNAL_SERVER_ERROR => (
                 "internal_error",
                 "Something went wrong on our side; quote the request id if you report it.",

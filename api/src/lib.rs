@@ -34,6 +34,7 @@ mod notifications;
 pub mod ratelimit;
 pub mod request_logs;
 mod runs;
+mod serve;
 mod triggers;
 mod usage;
 mod webhooks;
@@ -81,9 +82,12 @@ impl App {
     pub async fn build(config: ApiConfig) -> Result<Self, StartError> {
         // Install the recorder before the first request records anything.
         agentq_shared::telemetry::metrics_handle();
-        let db =
-            agentq_shared::db::connect(&config.store.database_url, config.store.db_max_connections)
-                .await?;
+        let db = agentq_shared::db::connect_with(
+            &config.store.database_url,
+            config.store.db_max_connections,
+            config.db_acquire_timeout,
+        )
+        .await?;
         let redis = redis_conn::connect(&config.store.redis_url).await?;
         let listener =
             TcpListener::bind(config.listen)
@@ -92,9 +96,29 @@ impl App {
                     addr: config.listen,
                     source,
                 })?;
+        let mut config = config;
+        if config.public_url.is_none() {
+            // Hook URLs are never built from a request's Host header, which the client picks.
+            let base = format!(
+                "http://{}",
+                listener.local_addr().map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source
+                })?
+            );
+            tracing::warn!(%base, "AGENTQ_PUBLIC_URL is not set: inbound webhook URLs use the listen address");
+            config.public_url = Some(base);
+        }
         let keys = Keys::new(config.store.redis_prefix.clone());
         let queues = Queues::new(redis.clone(), &keys)?;
         let keyring = Keyring::load(&db, config.master_key).await?;
+        let sealed = agentq_shared::agents::seal_signing_secrets(&db, &keyring).await?;
+        if sealed > 0 {
+            tracing::info!(
+                sealed,
+                "encrypted agents' signing secrets stored in plain text"
+            );
+        }
         let creator = Creator::new(
             db.clone(),
             queues.clone(),
@@ -159,13 +183,9 @@ impl App {
         } else {
             None
         };
+        let header_read_timeout = serving.config.header_read_timeout;
         let app = router(serving);
-        let result = axum::serve(
-            self.listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await;
+        let result = serve::serve(self.listener, app, header_read_timeout, shutdown).await;
         flusher.abort();
         doorbells.abort();
         marks.abort();

@@ -4,6 +4,7 @@
 //! on a database write; when the channel is full a line is dropped and counted rather than
 //! slowing requests. `GET /api/v1/request-logs` searches them.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -157,10 +158,9 @@ fn is_secret(name: &str) -> bool {
     ]
     .iter()
     .any(|s| n.contains(s))
-        || n == "key"
-        // A credential's value and an MCP server's auth config are secrets whole.
-        || n == "value"
-        || n == "auth_config"
+        || ["key", "value", "passwd", "pwd", "auth_config"].contains(&n.as_str())
+        || n.ends_with("_key")
+        || n.ends_with("-key")
 }
 
 fn redact_json(v: &mut Value) {
@@ -168,18 +168,95 @@ fn redact_json(v: &mut Value) {
         Value::Object(m) => {
             for (k, val) in m.iter_mut() {
                 if is_secret(k) {
-                    *val = Value::String("[REDACTED]".into());
+                    *val = Value::String(REDACTED.into());
                 } else {
                     redact_json(val);
                 }
             }
         }
         Value::Array(a) => a.iter_mut().for_each(redact_json),
+        Value::String(s) => {
+            if let Cow::Owned(clean) = redact_text(s) {
+                *s = clean;
+            }
+        }
         _ => {}
     }
 }
 
-/// The body as logged: JSON and form bodies with secret fields redacted, capped at `cap` bytes.
+const REDACTED: &str = "[REDACTED]";
+
+/// Patterns for text that is not JSON (or not only JSON): secrets that look like secrets
+/// wherever they are.
+struct Patterns {
+    /// agentq keys and webhook secrets, whole or mangled.
+    tokens: regex::Regex,
+    /// `scheme://user:password@` in any URL.
+    url_credentials: regex::Regex,
+    /// `"name": value` (JSON-like text), quoted or bare value.
+    json_fields: regex::Regex,
+    /// `name=value` and `name: value` pairs.
+    pairs: regex::Regex,
+}
+
+fn patterns() -> &'static Patterns {
+    static P: std::sync::OnceLock<Patterns> = std::sync::OnceLock::new();
+    P.get_or_init(|| {
+        let re = |p: &str| regex::Regex::new(p).expect("the redaction patterns are valid");
+        Patterns {
+            tokens: re(r"\b(aq|whsec)_[A-Za-z0-9+/=_-]{4,}"),
+            url_credentials: re(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s:@]*:[^/\s@]*@"),
+            json_fields: re(r#""((?:[^"\\]|\\.){0,100})"(\s*:\s*)("(?:[^"\\]|\\.)*"?|[^,}\]\s]+)"#),
+            pairs: re(r#"(?i)\b([a-z0-9_.-]{1,100})(=|:\s*)([^&\s,;"'}]+)"#),
+        }
+    })
+}
+
+/// Redacts secrets in free text: fields named like secrets (`"password": "..."` in JSON that
+/// failed to parse, `token=...`, `secret: ...`), credentials in URLs, and anything shaped
+/// like an agentq key or webhook secret. Borrowed when there was nothing to redact.
+pub(crate) fn redact_text(text: &str) -> Cow<'_, str> {
+    let p = patterns();
+    let mut out = Cow::Borrowed(text);
+    let tokens = p.tokens.replace_all(&out, |c: &regex::Captures<'_>| {
+        format!("{}_{REDACTED}", &c[1])
+    });
+    if let Cow::Owned(s) = tokens {
+        out = Cow::Owned(s);
+    }
+    let urls = p
+        .url_credentials
+        .replace_all(&out, |c: &regex::Captures<'_>| {
+            format!("{}{REDACTED}@", &c[1])
+        });
+    if let Cow::Owned(s) = urls {
+        out = Cow::Owned(s);
+    }
+    let fields = p.json_fields.replace_all(&out, |c: &regex::Captures<'_>| {
+        if is_secret(&c[1]) {
+            format!("\"{}\"{}\"{REDACTED}\"", &c[1], &c[2])
+        } else {
+            c[0].to_owned()
+        }
+    });
+    if let Cow::Owned(s) = fields {
+        out = Cow::Owned(s);
+    }
+    let pairs = p.pairs.replace_all(&out, |c: &regex::Captures<'_>| {
+        if is_secret(&c[1]) && &c[3] != REDACTED {
+            format!("{}{}{REDACTED}", &c[1], &c[2])
+        } else {
+            c[0].to_owned()
+        }
+    });
+    if let Cow::Owned(s) = pairs {
+        out = Cow::Owned(s);
+    }
+    out
+}
+
+/// The body as logged: JSON and form bodies with secret fields redacted, any other body
+/// redacted textually (see [`redact_text`]), capped at `cap` bytes.
 pub fn redacted_body(bytes: &[u8], content_type: Option<&str>, cap: usize) -> Option<String> {
     if bytes.is_empty() {
         return None;
@@ -188,16 +265,17 @@ pub fn redacted_body(bytes: &[u8], content_type: Option<&str>, cap: usize) -> Op
         redact_json(&mut v);
         v.to_string()
     } else if content_type.is_some_and(|c| c.starts_with("application/x-www-form-urlencoded")) {
-        String::from_utf8_lossy(bytes)
+        let form = String::from_utf8_lossy(bytes)
             .split('&')
             .map(|pair| match pair.split_once('=') {
-                Some((k, _)) if is_secret(k) => format!("{k}=[REDACTED]"),
+                Some((k, _)) if is_secret(k) => format!("{k}={REDACTED}"),
                 _ => pair.to_owned(),
             })
             .collect::<Vec<_>>()
-            .join("&")
+            .join("&");
+        redact_text(&form).into_owned()
     } else {
-        String::from_utf8_lossy(bytes).into_owned()
+        redact_text(&String::from_utf8_lossy(bytes)).into_owned()
     };
     // Postgres text cannot hold NUL; one such line would fail its whole batch.
     let text = if text.contains('\0') {
@@ -297,6 +375,48 @@ async fn search(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_in_bodies_that_are_not_json_are_redacted_textually() {
+        let key = agentq_shared::keys::NewKey::generate().secret;
+        let cases = [
+            (
+                r#"{"name": "x", "secret": "whsec_abc123", "#.to_owned(),
+                "whsec_abc123",
+            ),
+            (r#"{"key": "k3y-material" "#.to_owned(), "k3y-material"),
+            (r#"{"token":"t0k3n",}"#.to_owned(), "t0k3n"),
+            (r#"{"password": hunter2}"#.to_owned(), "hunter2"),
+            (
+                r#"{"value": "cr3dential-value""#.to_owned(),
+                "cr3dential-value",
+            ),
+            (
+                r#"{"url": "https://admin:pa55word@example.com/x", "#.to_owned(),
+                "pa55word",
+            ),
+            ("token=t0k3n&x=1".to_owned(), "t0k3n"),
+            ("password: hunter2\nname: x".to_owned(), "hunter2"),
+            (format!("not json at all {key} trailing"), key.as_str()),
+            (format!(r#"{{"anything": "{key}" "#), key.as_str()),
+        ];
+        for (body, secret) in &cases {
+            let out = redacted_body(body.as_bytes(), Some("application/json"), 10_000).unwrap();
+            assert!(!out.contains(secret), "{body} -> {out}");
+            assert!(out.contains("[REDACTED]"), "{body} -> {out}");
+        }
+        // Valid JSON: a key or a URL password in any string value.
+        let body = format!(r#"{{"note": "use {key}", "url": "postgres://u:pw123@db/x"}}"#);
+        let out = redacted_body(body.as_bytes(), Some("application/json"), 10_000).unwrap();
+        assert!(!out.contains(&key) && !out.contains("pw123"), "{out}");
+        assert!(out.contains("postgres://[REDACTED]@db/x"), "{out}");
+        // Ordinary text is left alone.
+        let plain = "hello: world, at 12:30 see https://example.com/a?b=c";
+        assert_eq!(
+            redacted_body(plain.as_bytes(), None, 10_000).unwrap(),
+            plain
+        );
+    }
 
     #[test]
     fn secrets_are_redacted_and_bodies_capped() {

@@ -61,7 +61,10 @@ pub(crate) async fn fire(
                 made += 1;
             }
         }
-        let next = schedule.next_after(now.max(agent.next_run_at));
+        // Never sooner than the floor after this fire, whatever the expression says.
+        let floor = chrono::Duration::from_std(config.min_interval).unwrap_or_default();
+        let earliest = agent.next_run_at + floor - chrono::Duration::seconds(1);
+        let next = schedule.next_after(now.max(agent.next_run_at).max(earliest));
         sqlx::query("UPDATE agents SET next_run_at = $3 WHERE id = $1 AND next_run_at = $2")
             .bind(agent.id)
             .bind(agent.next_run_at)

@@ -33,6 +33,9 @@ pub struct SchedulerConfig {
     pub catch_up_grace: Duration,
     /// Request logs older than this are deleted.
     pub request_log_retention: Duration,
+    /// Shortest interval between two fires of one schedule, whatever its expression says
+    /// (schedules saved before the API enforced it are held to it here).
+    pub min_interval: Duration,
 }
 
 /// The catch-up policy for missed fire times.
@@ -55,6 +58,7 @@ impl SchedulerConfig {
             catch_up: CatchUp::One,
             catch_up_grace: Duration::from_secs(60),
             request_log_retention: Duration::from_secs(30 * 86_400),
+            min_interval: agentq_shared::schedule::DEFAULT_MIN_INTERVAL,
         }
     }
 }

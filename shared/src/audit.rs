@@ -161,6 +161,9 @@ pub struct AuditFilter {
     pub from: Option<DateTime<Utc>>,
     /// Up to this time (exclusive).
     pub to: Option<DateTime<Utc>>,
+    /// Only entries about some of these agents (a key limited to them reads no team-wide
+    /// entry); None: every entry.
+    pub agents: Option<Vec<uuid::Uuid>>,
 }
 
 /// A team's audit entries, newest first.
@@ -180,6 +183,8 @@ pub async fn list(
            AND ($5::timestamptz IS NULL OR created_at >= $5)
            AND ($6::timestamptz IS NULL OR created_at < $6)
            AND ($7::uuid IS NULL OR id < $7)
+           AND ($9::uuid[] IS NULL
+                OR coalesce(audit_log_agents(team_id, target_type, target_id, details) <@ $9, false))
          ORDER BY id DESC LIMIT $8",
     )
     .bind(team_id)
@@ -190,6 +195,7 @@ pub async fn list(
     .bind(f.to)
     .bind(cursor.after)
     .bind(cursor.fetch_limit())
+    .bind(&f.agents)
     .fetch_all(db)
     .await?;
     Ok(cursor.page(rows, |r| r.id.0))

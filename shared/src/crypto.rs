@@ -25,6 +25,17 @@ impl std::fmt::Debug for Keyring {
     }
 }
 
+/// A secret held in memory; `Debug` prints `***`.
+#[derive(Clone, PartialEq, Eq, sqlx::Type)]
+#[sqlx(transparent)]
+pub struct PlainSecret(pub String);
+
+impl std::fmt::Debug for PlainSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
 /// A stored secret that does not decrypt under this key.
 #[derive(Debug, thiserror::Error)]
 #[error("a stored secret could not be decrypted (was AGENTQ_MASTER_KEY changed?)")]

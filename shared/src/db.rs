@@ -10,9 +10,19 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
 /// Opens a pool. Connecting is lazy-checked once here so a wrong URL fails at start-up.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    connect_with(url, max_connections, Duration::from_secs(10)).await
+}
+
+/// Opens a pool whose checkouts give up after `acquire_timeout` (the API keeps it short, so
+/// a database at its connection limit answers 503 quickly instead of holding requests).
+pub async fn connect_with(
+    url: &str,
+    max_connections: u32,
+    acquire_timeout: Duration,
+) -> Result<PgPool, sqlx::Error> {
     PgPoolOptions::new()
         .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(acquire_timeout)
         // A ping before every checkout doubles the round trips; a broken connection is found
         // by the statement itself and replaced.
         .test_before_acquire(false)

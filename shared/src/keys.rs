@@ -327,19 +327,52 @@ pub async fn get(
     find_any(pool, Some(team_id), key_id).await
 }
 
+/// One key of a team, if it is visible to a caller limited to `agents` (None: not
+/// limited): a limited caller sees only keys limited to some of its own agents.
+pub async fn get_visible(
+    db: impl PgExecutor<'_>,
+    team_id: TeamId,
+    agents: Option<&[Uuid]>,
+    key_id: ApiKeyId,
+) -> Result<Option<ApiKey>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1 AND team_id = $2 AND {VISIBLE}"
+    ))
+    .bind(key_id)
+    .bind(team_id)
+    .bind(agents)
+    .fetch_optional(db)
+    .await
+}
+
+/// The keys a caller limited to `$3` (NULL: not limited) may see.
+const VISIBLE: &str =
+    "($3::uuid[] IS NULL OR (cardinality(agent_ids) > 0 AND agent_ids <@ $3::uuid[]))";
+
 /// A team's keys, newest first.
 pub async fn list(
     db: impl PgExecutor<'_>,
     team_id: TeamId,
     cursor: &Cursor,
 ) -> Result<Page<ApiKey>, sqlx::Error> {
+    list_visible(db, team_id, None, cursor).await
+}
+
+/// A team's keys visible to a caller limited to `agents` (see [`get_visible`]), newest first.
+pub async fn list_visible(
+    db: impl PgExecutor<'_>,
+    team_id: TeamId,
+    agents: Option<&[Uuid]>,
+    cursor: &Cursor,
+) -> Result<Page<ApiKey>, sqlx::Error> {
     let rows: Vec<ApiKey> = sqlx::query_as(&format!(
         "SELECT {KEY_COLUMNS} FROM api_keys
-         WHERE team_id = $1 AND ($2::uuid IS NULL OR id < $2)
-         ORDER BY id DESC LIMIT $3"
+         WHERE team_id = $1 AND ($2::uuid IS NULL OR id < $2) AND {VISIBLE}
+         ORDER BY id DESC LIMIT $4"
     ))
     .bind(team_id)
     .bind(cursor.after)
+    .bind(agents)
     .bind(cursor.fetch_limit())
     .fetch_all(db)
     .await?;

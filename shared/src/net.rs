@@ -22,13 +22,19 @@ pub enum UrlError {
     /// Carries user:password.
     #[error("must not contain credentials")]
     Credentials,
+    /// Longer than [`MAX_URL_LEN`].
+    #[error("must be at most 2048 characters")]
+    TooLong,
     /// Points at an internal address.
     #[error("points at a private, loopback or link-local address, which is not allowed (AGENTQ_ALLOW_PRIVATE_NETWORKS)")]
     Private,
 }
 
-/// Checks the URL's form: http(s), a host, no credentials.
+/// Checks the URL's form: http(s), a host, no credentials, at most [`MAX_URL_LEN`] long.
 pub fn validate_url(s: &str) -> Result<Url, UrlError> {
+    if s.len() > MAX_URL_LEN {
+        return Err(UrlError::TooLong);
+    }
     let url = Url::parse(s)?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(UrlError::Scheme);
@@ -88,16 +94,30 @@ pub fn is_public(ip: IpAddr) -> bool {
                 return is_public(IpAddr::V4(v4));
             }
             let seg = v6.segments();
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (seg[0] & 0xfe00) == 0xfc00
-                || (seg[0] & 0xffc0) == 0xfe80
-                || (seg[0] == 0x2001 && seg[1] == 0x0db8)
-                || (seg[0] == 0x64 && seg[1] == 0xff9b))
+            // Only global unicast (2000::/3) is public. That alone refuses loopback,
+            // unspecified, IPv4-compatible (::a.b.c.d), NAT64 (64:ff9b::/96, 64:ff9b:1::/48),
+            // discard-only, unique-local (fc00::/7), site-local (fec0::/10), link-local
+            // (fe80::/10) and multicast.
+            if seg[0] & 0xe000 != 0x2000 {
+                return false;
+            }
+            // 6to4 (2002::/16) reaches the IPv4 address it embeds.
+            if seg[0] == 0x2002 {
+                let [a, b] = seg[1].to_be_bytes();
+                let [c, d] = seg[2].to_be_bytes();
+                return is_public(IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d)));
+            }
+            // IETF special purpose (2001::/23: Teredo 2001::/32, benchmarking, ORCHID),
+            // documentation (2001:db8::/32, 3fff::/20).
+            let special = seg[0] == 0x2001 && (seg[1] < 0x0200 || seg[1] == 0x0db8);
+            let documentation = seg[0] == 0x3fff && seg[1] < 0x1000;
+            !(special || documentation)
         }
     }
 }
+
+/// Longest URL agentq accepts for a destination it calls (webhooks, http agents, MCP).
+pub const MAX_URL_LEN: usize = 2048;
 
 #[cfg(test)]
 mod tests {
@@ -120,9 +140,104 @@ mod tests {
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["1.1.1.1", "8.8.8.8", "2606:4700::1111"] {
+        for ip in [
+            "1.1.1.1",
+            "8.8.8.8",
+            "2606:4700::1111",
+            "2002:808:808::1",
+            "::ffff:8.8.8.8",
+        ] {
             assert!(is_public(ip.parse().unwrap()), "{ip}");
         }
+    }
+
+    fn refused(host: &str) {
+        let url = format!("http://[{host}]:8080/x");
+        assert!(
+            matches!(validate_destination(&url, false), Err(UrlError::Private)),
+            "{url} must be refused"
+        );
+        assert!(
+            validate_destination(&url, true).is_ok(),
+            "{url} allowed when private networks are"
+        );
+    }
+
+    #[test]
+    fn ipv4_compatible_literals_are_refused() {
+        refused("::127.0.0.1");
+        refused("::10.0.0.1");
+        refused("::169.254.169.254");
+    }
+
+    #[test]
+    fn ipv4_mapped_literals_of_internal_addresses_are_refused() {
+        refused("::ffff:127.0.0.1");
+        refused("::ffff:10.1.2.3");
+        refused("::ffff:0:127.0.0.1");
+    }
+
+    #[test]
+    fn six_to_four_literals_embedding_internal_addresses_are_refused() {
+        refused("2002:7f00:1::");
+        refused("2002:a00:1::1");
+        refused("2002:c0a8:101::");
+        refused("2002:a9fe:a9fe::");
+    }
+
+    #[test]
+    fn site_local_literals_are_refused() {
+        refused("fec0::1");
+        refused("feff::1");
+    }
+
+    #[test]
+    fn teredo_and_other_special_purpose_literals_are_refused() {
+        refused("2001::1");
+        refused("2001:0:4136:e378:8000:63bf:3fff:fdd2");
+        refused("2001:2::1");
+        refused("2001:10::1");
+        refused("2001:db8::1");
+        refused("3fff::1");
+    }
+
+    #[test]
+    fn nat64_literals_are_refused() {
+        refused("64:ff9b::7f00:1");
+        refused("64:ff9b::a00:1");
+        refused("64:ff9b:1::a00:1");
+    }
+
+    #[test]
+    fn unique_local_link_local_loopback_and_multicast_literals_are_refused() {
+        refused("fc00::1");
+        refused("fd12:3456:789a::1");
+        refused("fe80::1");
+        refused("fe80::1%25eth0".split('%').next().unwrap());
+        refused("::1");
+        refused("::");
+        refused("ff02::1");
+        refused("100::1");
+    }
+
+    #[test]
+    fn public_ipv6_literals_pass() {
+        for host in [
+            "2606:4700:4700::1111",
+            "2a00:1450:4001:80b::200e",
+            "2002:808:808::1",
+        ] {
+            let url = format!("http://[{host}]/x");
+            assert!(validate_destination(&url, false).is_ok(), "{url}");
+        }
+    }
+
+    #[test]
+    fn overlong_urls_are_refused() {
+        let url = format!("https://example.com/{}", "a".repeat(MAX_URL_LEN));
+        assert!(matches!(validate_url(&url), Err(UrlError::TooLong)));
+        let ok = format!("https://example.com/{}", "a".repeat(100));
+        assert!(validate_url(&ok).is_ok());
     }
 
     #[test]

@@ -43,6 +43,10 @@ impl ScheduleError {
     }
 }
 
+/// The default shortest interval between two fires of one schedule
+/// (`AGENTQ_MIN_SCHEDULE_SECONDS`).
+pub const DEFAULT_MIN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Parses a time zone name.
 pub fn parse_zone(tz: &str) -> Result<Tz, ScheduleError> {
     Tz::from_str(tz).map_err(|_| ScheduleError::Zone(tz.to_owned()))
@@ -74,6 +78,28 @@ impl Schedule {
             tz,
             every_hour,
         })
+    }
+
+    /// The shortest gap between two fires among the next thousand (None if it fires once).
+    /// Bursts (every second of one minute a day) show up in any thousand fires that reach them.
+    pub fn shortest_gap(&self) -> Option<std::time::Duration> {
+        let fires: Vec<DateTime<Utc>> = self.cron.upcoming(Utc).take(1000).collect();
+        fires
+            .windows(2)
+            .filter_map(|w| (w[1] - w[0]).to_std().ok())
+            .min()
+    }
+
+    /// Refuses a schedule that fires more often than once per `floor`.
+    pub fn check_floor(&self, floor: std::time::Duration) -> Result<(), ScheduleError> {
+        match self.shortest_gap() {
+            Some(gap) if gap < floor => Err(ScheduleError::Cron(format!(
+                "fires as often as every {} s; the minimum interval is {} s",
+                gap.as_secs(),
+                floor.as_secs()
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// The first fire time strictly after `after`.
@@ -217,5 +243,23 @@ mod tests {
                 .field(),
             "timezone"
         );
+    }
+
+    #[test]
+    fn schedules_faster_than_the_floor_are_refused() {
+        let floor = DEFAULT_MIN_INTERVAL;
+        for fast in [
+            "* * * * * *",
+            "*/30 * * * * *",
+            "0,1 0 * * * *",
+            "* 0 0 1 1 *",
+        ] {
+            let s = Schedule::parse(fast, "UTC").unwrap();
+            assert!(s.check_floor(floor).is_err(), "{fast}");
+        }
+        for ok in ["* * * * *", "0 * * * * *", "0 7 * * *", "0 0 1 1 *"] {
+            let s = Schedule::parse(ok, "Europe/Paris").unwrap();
+            assert!(s.check_floor(floor).is_ok(), "{ok}");
+        }
     }
 }

@@ -135,6 +135,17 @@ fn api_config(
     config.max_integrations_per_agent = args.max_integrations_per_agent;
     config.mcp_tools_cache_ttl = Duration::from_secs(args.mcp_tools_cache_seconds);
     config.mcp_timeout = Duration::from_secs(args.mcp_timeout_seconds.max(1));
+    if args.db_acquire_timeout_ms == 0 {
+        return Err(ConfigError::invalid(
+            "AGENTQ_DB_ACQUIRE_TIMEOUT_MS",
+            "must be at least 1 ms",
+        ));
+    }
+    config.db_acquire_timeout = Duration::from_millis(args.db_acquire_timeout_ms);
+    config.header_read_timeout = Duration::from_secs(args.header_read_timeout_seconds.max(1));
+    config.body_read_timeout = Duration::from_secs(args.body_read_timeout_seconds.max(1));
+    config.min_schedule_interval = Duration::from_secs(t.min_schedule_seconds);
+    config.max_agents_per_team = i64::from(args.max_agents_per_team);
     Ok(config)
 }
 
@@ -198,6 +209,7 @@ fn scheduler_config(
     config.requeue_after = seconds("AGENTQ_REQUEUE_AFTER_SECONDS", args.requeue_after_seconds)?;
     config.request_log_retention =
         Duration::from_secs(u64::from(args.request_log_retention_days.max(1)) * 86_400);
+    config.min_interval = Duration::from_secs(t.min_schedule_seconds);
     config.catch_up = match args.catch_up {
         super::args::CatchUpArg::One => agentq_scheduler::CatchUp::One,
         super::args::CatchUpArg::Skip => agentq_scheduler::CatchUp::Skip,

@@ -68,6 +68,16 @@ pub(crate) struct TuningArgs {
     #[arg(long, env = "AGENTQ_ALLOW_PRIVATE_NETWORKS", global = true, default_value_t = false, action = clap::ArgAction::Set)]
     pub(crate) allow_private_networks: bool,
 
+    /// Shortest interval between two fires of an agent's schedule (seconds); faster
+    /// schedules are refused when saved and held to it by the scheduler.
+    #[arg(
+        long,
+        env = "AGENTQ_MIN_SCHEDULE_SECONDS",
+        global = true,
+        default_value_t = 60
+    )]
+    pub(crate) min_schedule_seconds: u64,
+
     /// Base64 of 32 bytes that encrypts stored secrets (AES-256-GCM). Without it, a key kept
     /// in the database is used.
     #[arg(long, env = "AGENTQ_MASTER_KEY", global = true, hide_env_values = true)]
@@ -130,9 +140,26 @@ pub(crate) struct ApiArgs {
     pub(crate) webhook_rotation_grace_seconds: u64,
 
     /// Base of the public URLs agentq hands out (inbound webhooks), e.g. https://agents.example.com.
-    /// Default: the host the request came to.
+    /// Default: the address the API listens on (never a request's Host header).
     #[arg(long, env = "AGENTQ_PUBLIC_URL")]
     pub(crate) public_url: Option<String>,
+
+    /// Longest a client may take to send a request's headers, or to start its next request
+    /// on an idle connection, before it is closed (seconds).
+    #[arg(long, env = "AGENTQ_HEADER_READ_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub(crate) header_read_timeout_seconds: u64,
+
+    /// Live agents a team may have.
+    #[arg(long, env = "AGENTQ_MAX_AGENTS_PER_TEAM", default_value_t = 1000)]
+    pub(crate) max_agents_per_team: u32,
+
+    /// Longest a client may take to send a request's body before 408 (seconds).
+    #[arg(long, env = "AGENTQ_BODY_READ_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub(crate) body_read_timeout_seconds: u64,
+
+    /// Longest an API request waits for a Postgres connection before answering 503 (ms).
+    #[arg(long, env = "AGENTQ_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2500)]
+    pub(crate) db_acquire_timeout_ms: u64,
 
     /// Largest inbound webhook body, in bytes.
     #[arg(long, env = "AGENTQ_INBOUND_BODY_LIMIT", default_value_t = 256 * 1024)]

@@ -206,7 +206,11 @@ async fn a_key_cannot_grant_what_it_does_not_hold() {
     .await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
 
-    let agent = uuid::Uuid::now_v7();
+    let agent: uuid::Uuid = app
+        .scripted_agent(json!([{"reply": "hi"}]))
+        .await
+        .parse()
+        .unwrap();
     let limited = create_key(
         &app.db.pool,
         app.tenant.team_id,

@@ -147,12 +147,12 @@ pub async fn run(
     let ctx = Ctx {
         queues,
         lifecycle,
-        keyring,
+        keyring: keyring.clone(),
         endpoint_limits: Arc::new(webhooks::EndpointLimits::new(config.endpoint_concurrency)),
         db,
         redis,
         keys,
-        http: net::SafeClient::new(config.allow_private_networks)?,
+        http: net::SafeClient::new(config.allow_private_networks, keyring)?,
         config: config.clone(),
     };
     let name = format!(

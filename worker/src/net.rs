@@ -9,13 +9,16 @@ use std::time::Duration;
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
+use agentq_shared::crypto::Keyring;
 use agentq_shared::net::{is_public, validate_destination, UrlError};
 
-/// A client plus the policy it enforces.
+/// A client plus the policy it enforces, and the keyring that unseals the secrets its
+/// requests are signed with.
 #[derive(Clone)]
 pub(crate) struct SafeClient {
     pub(crate) http: reqwest::Client,
     allow_private: bool,
+    pub(crate) keyring: Arc<Keyring>,
 }
 
 struct PublicOnly;
@@ -36,7 +39,7 @@ impl Resolve for PublicOnly {
 
 impl SafeClient {
     /// Builds the client; `allow_private` lifts the address policy (tests, private deployments).
-    pub(crate) fn new(allow_private: bool) -> Result<Self, reqwest::Error> {
+    pub(crate) fn new(allow_private: bool, keyring: Keyring) -> Result<Self, reqwest::Error> {
         let mut b = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(5))
@@ -48,6 +51,7 @@ impl SafeClient {
         Ok(Self {
             http: b.build()?,
             allow_private,
+            keyring: Arc::new(keyring),
         })
     }
 

@@ -83,6 +83,7 @@ async fn create(
         ));
     }
     let v = body.validate(state.config.allow_private_networks)?;
+    schedule_floor(&state, v.schedule.as_deref(), &v.timezone)?;
     v.check_references(
         &state.db,
         auth.team_id(),
@@ -91,8 +92,9 @@ async fn create(
     .await?;
     let secret = agentq_shared::signing::new_secret();
     let mut tx = state.db.begin().await?;
+    within_quota(&mut tx, &state, &auth).await?;
     let agent: Agent = sqlx::query_as(&format!(
-        "INSERT INTO agents (id, team_id, name, description, runtime, config, signing_secret, schedule, timezone,
+        "INSERT INTO agents (id, team_id, name, description, runtime, config, signing_secret_sealed, schedule, timezone,
                              max_concurrent_runs, max_run_seconds, approval, next_run_at, rate_limit_per_minute, rate_limit_per_day)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING {AGENT_COLUMNS}"
     ))
@@ -102,7 +104,7 @@ async fn create(
     .bind(&v.description)
     .bind(&v.runtime)
     .bind(&v.config)
-    .bind(&secret)
+    .bind(state.keyring.encrypt(&secret))
     .bind(&v.schedule)
     .bind(&v.timezone)
     .bind(v.limits.max_concurrent_runs)
@@ -122,6 +124,45 @@ async fn create(
     };
     let out = serde_json::to_value(out).map_err(ApiError::internal)?;
     Ok((StatusCode::CREATED, Json(out)))
+}
+
+/// 400 naming `schedule` when it would fire more often than the operator allows
+/// (`AGENTQ_MIN_SCHEDULE_SECONDS`).
+fn schedule_floor(state: &AppState, schedule: Option<&str>, tz: &str) -> Result<(), ApiError> {
+    let Some(expr) = schedule else {
+        return Ok(());
+    };
+    agentq_shared::schedule::Schedule::parse(expr, tz)
+        .and_then(|s| s.check_floor(state.config.min_schedule_interval))
+        .map_err(|e| ApiError::invalid_field(e.field(), e))
+}
+
+/// 409 `agent_quota_exceeded` when the team has `AGENTQ_MAX_AGENTS_PER_TEAM` live agents.
+/// The team row is locked (against other agent creations only), so concurrent creates
+/// cannot both take the last place.
+async fn within_quota(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    state: &AppState,
+    auth: &Auth,
+) -> Result<(), ApiError> {
+    sqlx::query("SELECT 1 FROM teams WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(auth.team_id())
+        .execute(&mut **tx)
+        .await?;
+    let live: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM agents WHERE team_id = $1 AND deleted_at IS NULL")
+            .bind(auth.team_id())
+            .fetch_one(&mut **tx)
+            .await?;
+    if live >= state.config.max_agents_per_team {
+        return Err(ApiError::conflict(
+            "agent_quota_exceeded",
+            format!(
+                "This team already has {live} agents, the most it may have (AGENTQ_MAX_AGENTS_PER_TEAM); delete one first."
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Audits a change to an agent and emits its event (pause and resume are updates).
@@ -208,6 +249,9 @@ async fn update(
     auth.require(Scope::AgentsWrite)?;
     let current = visible_agent(&state, &auth, id).await?;
     let v = body.apply(&current, state.config.allow_private_networks)?;
+    if v.schedule != current.schedule || v.timezone != current.timezone {
+        schedule_floor(&state, v.schedule.as_deref(), &v.timezone)?;
+    }
     v.check_references(
         &state.db,
         auth.team_id(),

@@ -8,7 +8,7 @@ pub(crate) mod receive;
 mod verify;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use rand::Rng;
@@ -85,7 +85,7 @@ struct Hook {
 struct Shown<'a> {
     #[serde(flatten)]
     hook: &'a Hook,
-    /// Where the provider sends events: `{AGENTQ_PUBLIC_URL or this host}/hooks/{token}`.
+    /// Where the provider sends events: `{AGENTQ_PUBLIC_URL or the listen address}/hooks/{token}`.
     #[schema(
         example = "https://agentq.example.com/hooks/3XbM0yqk2Vw8LrT9zN4pC7sJd1Fh6Ga5Ke0Ui2Ro"
     )]
@@ -143,22 +143,23 @@ const COLUMNS: &str =
     "id, agent_id, token, scheme, header_name, signature_prefix, encoding, tolerance_seconds, \
     description, enabled, created_at, updated_at";
 
-/// Where the hook is reached: `AGENTQ_PUBLIC_URL`, else the host this request came to.
-fn public_url(state: &AppState, headers: &HeaderMap, token: &str) -> String {
-    let base = match &state.config.public_url {
-        Some(b) => b.trim_end_matches('/').to_owned(),
-        None => match headers.get("host").and_then(|h| h.to_str().ok()) {
-            Some(host) => format!("http://{host}"),
-            None => String::new(),
-        },
-    };
+/// Where the hook is reached: `AGENTQ_PUBLIC_URL`, else the address the API listens on (see
+/// `App::build`). Never the request's `Host` header: a client could make the API hand out
+/// a URL on a host of its choosing.
+fn public_url(state: &AppState, token: &str) -> String {
+    let base = state
+        .config
+        .public_url
+        .as_deref()
+        .unwrap_or("")
+        .trim_end_matches('/');
     format!("{base}/hooks/{token}")
 }
 
-fn shown<'a>(state: &AppState, headers: &HeaderMap, hook: &'a Hook) -> Shown<'a> {
+fn shown<'a>(state: &AppState, hook: &'a Hook) -> Shown<'a> {
     Shown {
         hook,
-        url: public_url(state, headers, &hook.token),
+        url: public_url(state, &hook.token),
         secret: None,
     }
 }
@@ -302,7 +303,6 @@ async fn create(
     State(state): State<AppState>,
     auth: Auth,
     ApiPath(agent): ApiPath<AgentId>,
-    headers: HeaderMap,
     ApiJson(body): ApiJson<CreateBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     auth.require(Scope::AgentsWrite)?;
@@ -352,7 +352,7 @@ async fn create(
     tx.commit().await?;
     let out = Shown {
         secret: generated,
-        ..shown(&state, &headers, &hook)
+        ..shown(&state, &hook)
     };
     let out = serde_json::to_value(out).map_err(ApiError::internal)?;
     Ok((StatusCode::CREATED, Json(out)))
@@ -381,7 +381,6 @@ async fn list(
     State(state): State<AppState>,
     auth: Auth,
     ApiPath(agent): ApiPath<AgentId>,
-    headers: HeaderMap,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Page<Value>>, ApiError> {
     auth.require(Scope::AgentsRead)?;
@@ -402,7 +401,7 @@ async fn list(
         data: page
             .data
             .iter()
-            .map(|h| serde_json::to_value(shown(&state, &headers, h)).unwrap_or_default())
+            .map(|h| serde_json::to_value(shown(&state, h)).unwrap_or_default())
             .collect(),
         next_cursor: page.next_cursor,
     }))
@@ -418,11 +417,10 @@ async fn show(
     State(state): State<AppState>,
     auth: Auth,
     ApiPath((agent, id)): ApiPath<(AgentId, Uuid)>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     auth.require(Scope::AgentsRead)?;
     let hook = one(&state, &auth, agent, id).await?;
-    let out = serde_json::to_value(shown(&state, &headers, &hook)).map_err(ApiError::internal)?;
+    let out = serde_json::to_value(shown(&state, &hook)).map_err(ApiError::internal)?;
     Ok(Json(out))
 }
 
@@ -437,7 +435,6 @@ async fn update(
     State(state): State<AppState>,
     auth: Auth,
     ApiPath((agent, id)): ApiPath<(AgentId, Uuid)>,
-    headers: HeaderMap,
     ApiJson(body): ApiJson<UpdateBody>,
 ) -> Result<Json<Value>, ApiError> {
     auth.require(Scope::AgentsWrite)?;
@@ -483,7 +480,7 @@ async fn update(
     )
     .await?;
     tx.commit().await?;
-    let out = serde_json::to_value(shown(&state, &headers, &hook)).map_err(ApiError::internal)?;
+    let out = serde_json::to_value(shown(&state, &hook)).map_err(ApiError::internal)?;
     Ok(Json(out))
 }
 

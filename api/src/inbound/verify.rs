@@ -56,12 +56,14 @@ fn mac(key: &[u8]) -> HmacSha256 {
     HmacSha256::new_from_slice(key).expect("HMAC-SHA256 takes keys of any length")
 }
 
+/// The timestamp, if it is within `tolerance` seconds of `now`. Any i64 may arrive in a
+/// header, so the distance is computed without overflow: one too far to compute is stale.
 fn fresh(ts: &str, now: i64, tolerance: i64) -> Result<i64, Refused> {
     let t: i64 = ts.parse().map_err(|_| Refused::Malformed)?;
-    if (now - t).abs() > tolerance {
-        return Err(Refused::Stale);
+    match now.checked_sub(t).map(i64::unsigned_abs) {
+        Some(d) if d <= tolerance.unsigned_abs() => Ok(t),
+        _ => Err(Refused::Stale),
     }
-    Ok(t)
 }
 
 /// Checks a request; Ok carries the provider's delivery id from the headers, if any.
@@ -280,6 +282,32 @@ mod tests {
             verify(&c, &HeaderMap::new(), b"{}", 0),
             Err(Refused::Missing("x-signature".into()))
         );
+    }
+
+    #[test]
+    fn extreme_timestamps_are_stale_not_a_panic() {
+        for ts in [i64::MIN, i64::MAX, i64::MIN + 1] {
+            for now in [0, 1_700_000_000, -1_700_000_000] {
+                assert_eq!(
+                    fresh(&ts.to_string(), now, 300),
+                    Err(Refused::Stale),
+                    "{ts} at {now}"
+                );
+            }
+        }
+        assert_eq!(
+            fresh(&i64::MIN.to_string(), i64::MAX, 300),
+            Err(Refused::Stale)
+        );
+        assert_eq!(
+            fresh(&i64::MAX.to_string(), i64::MIN, 300),
+            Err(Refused::Stale)
+        );
+        assert_eq!(
+            fresh("99999999999999999999", 0, 300),
+            Err(Refused::Malformed)
+        );
+        assert_eq!(fresh("1700000000", 1_700_000_300, 300), Ok(1_700_000_000));
     }
 
     #[test]

@@ -1,5 +1,8 @@
-//! `/api/v1/api-keys`: create (the secret is shown once), list, get, revoke. A key can only
-//! grant scopes and agents it holds itself, so keys:write is not a way to escalate.
+//! `/api/v1/api-keys`: create (the secret is shown once), list, get, change, revoke. Every
+//! write follows one rule (see [`reach`]): a key acts only on keys within its own scopes,
+//! agents, lifetime and rate limits, so keys:write is not a way to escalate.
+
+mod reach;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -20,6 +23,7 @@ use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::ratelimit::Limit;
 use crate::state::AppState;
+use reach::{Act, Reach};
 
 /// Routes under `/api/v1`.
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
@@ -158,8 +162,10 @@ fn own_limit(plan: Option<&str>, rate_limit: Option<Limit>) -> Result<KeyRateLim
 
 /// Creates an API key; the secret is in this answer only.
 ///
-/// Scope: `keys:write`. A key can grant only scopes and agents it holds itself (403
-/// `insufficient_scope` otherwise).
+/// Scope: `keys:write`. The new key must be within the caller's reach: scopes it holds,
+/// agents among its own, an expiry no later than its own, rate limits no higher than its own
+/// (403 `insufficient_scope` otherwise, `details.field` naming the bound). `agent_ids` must
+/// name live agents of the team (400 otherwise).
 #[utoipa::path(post, path = "/api-keys", operation_id = "createApiKey", tag = "api keys", request_body = CreateKey,
     responses((status = 201, description = "Created; `key` is the secret, shown once.", body = CreatedKey)))]
 async fn create(
@@ -182,16 +188,6 @@ async fn create(
         ));
     }
     let scopes = ScopeSet::parse(&body.scopes).map_err(|e| ApiError::invalid_field("scopes", e))?;
-    if let Some(missing) = Scope::ALL
-        .iter()
-        .find(|s| scopes.grants(**s) && !auth.scopes.grants(**s))
-    {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "insufficient_scope",
-            format!("This API key cannot grant the scope {missing}, which it does not hold."),
-        ));
-    }
     let lifetime: Lifetime = match body.expires.as_deref() {
         None => Lifetime::Never,
         Some(s) => s
@@ -201,16 +197,22 @@ async fn create(
     let mut agent_ids = body.agent_ids;
     agent_ids.sort();
     agent_ids.dedup();
-    if let Some(limit) = auth.agent_restriction() {
-        if agent_ids.is_empty() || agent_ids.iter().any(|a| !limit.contains(a)) {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "insufficient_scope",
-                "This API key is limited to some agents and can only create keys limited to those agents.",
-            ));
-        }
-    }
     let rate_limit = own_limit(body.plan.as_deref(), body.rate_limit)?;
+    let child = Reach {
+        scopes: scopes.clone(),
+        agent_ids: &agent_ids,
+        expires_at: lifetime.expires_at(chrono::Utc::now()),
+        limit: reach::enforced(rate_limit, auth.team_limit, state.config.default_rate_limit),
+    };
+    Reach::of_caller(&auth)
+        .admits(&child)
+        .map_err(|b| b.refuse(Act::Create))?;
+    if let Some(missing) = missing_agent(&state, &auth, &agent_ids).await? {
+        return Err(ApiError::invalid_field(
+            "agent_ids",
+            format!("no agent {missing} in this team"),
+        ));
+    }
     let spec = KeySpec {
         rate_limit,
         team_id: auth.team_id(),
@@ -239,7 +241,8 @@ struct ListQuery {
     cursor: Option<String>,
 }
 
-/// Lists the team's keys, newest first (never their secrets).
+/// Lists the team's keys, newest first (never their secrets). A key limited to some agents
+/// sees only keys limited to some of its own agents.
 ///
 /// Scope: `keys:read`.
 #[utoipa::path(get, path = "/api-keys", operation_id = "listApiKeys", tag = "api keys", params(ListQuery),
@@ -251,10 +254,12 @@ async fn list(
 ) -> Result<Json<Page<ApiKey>>, ApiError> {
     auth.require(Scope::KeysRead)?;
     let cursor = Cursor::new(q.limit, q.cursor.as_deref())?;
-    Ok(Json(keys::list(&state.db, auth.team_id(), &cursor).await?))
+    Ok(Json(
+        keys::list_visible(&state.db, auth.team_id(), auth.agent_restriction(), &cursor).await?,
+    ))
 }
 
-/// One key.
+/// One key (404 for a key a key limited to some agents cannot see, as in the list).
 ///
 /// Scope: `keys:read`.
 #[utoipa::path(get, path = "/api-keys/{id}", operation_id = "getApiKey", tag = "api keys", params(("id" = Uuid, Path, description = "The key's id.")),
@@ -265,15 +270,14 @@ async fn show(
     ApiPath(id): ApiPath<ApiKeyId>,
 ) -> Result<Json<ApiKey>, ApiError> {
     auth.require(Scope::KeysRead)?;
-    keys::get(&state.db, auth.team_id(), id)
-        .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found("API key"))
+    visible(&state, &auth, id).await.map(Json)
 }
 
 /// Renames a key or changes its rate limit.
 ///
-/// Scope: `keys:write`.
+/// Scope: `keys:write`. The key must be within the caller's reach before and after the change
+/// (403 `insufficient_scope`), so no key can raise its own limit; keys the caller cannot
+/// see are 404.
 #[utoipa::path(patch, path = "/api-keys/{id}", operation_id = "updateApiKey", tag = "api keys", params(("id" = Uuid, Path, description = "The key's id.")), request_body = UpdateKey,
     responses((status = 200, description = "The key as updated.", body = ApiKey)))]
 async fn update(
@@ -283,9 +287,11 @@ async fn update(
     ApiJson(body): ApiJson<UpdateKey>,
 ) -> Result<Json<ApiKey>, ApiError> {
     auth.require(Scope::KeysWrite)?;
-    let current = keys::get(&state.db, auth.team_id(), id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("API key"))?;
+    let current = visible(&state, &auth, id).await?;
+    let default = state.config.default_rate_limit;
+    let mine = Reach::of_caller(&auth);
+    mine.admits(&Reach::of_key(&current, &auth, default))
+        .map_err(|b| b.refuse(Act::Change))?;
     let name = body
         .name
         .as_deref()
@@ -303,6 +309,12 @@ async fn update(
         (plan, Some(None)) if plan.is_none() => KeyRateLimit::default(),
         (plan, limit) => own_limit(plan, limit.flatten())?,
     };
+    let changed = ApiKey {
+        rate_limit: limit,
+        ..current.clone()
+    };
+    mine.admits(&Reach::of_key(&changed, &auth, default))
+        .map_err(|b| b.refuse(Act::Change))?;
     keys::update(
         &state.db,
         auth.team_id(),
@@ -319,7 +331,7 @@ async fn update(
 
 /// Revokes a key, at once on every API replica. Revoking twice answers the key again.
 ///
-/// Scope: `keys:write`.
+/// Scope: `keys:write`. Only keys within the caller's reach (403 `insufficient_scope`).
 #[utoipa::path(post, path = "/api-keys/{id}/revoke", operation_id = "revokeApiKey", tag = "api keys", params(("id" = Uuid, Path, description = "The key's id.")),
     responses((status = 200, description = "The key, with `revoked_at` set.", body = ApiKey)))]
 async fn revoke(
@@ -328,6 +340,14 @@ async fn revoke(
     ApiPath(id): ApiPath<ApiKeyId>,
 ) -> Result<Json<ApiKey>, ApiError> {
     auth.require(Scope::KeysWrite)?;
+    let target = visible(&state, &auth, id).await?;
+    Reach::of_caller(&auth)
+        .admits(&Reach::of_key(
+            &target,
+            &auth,
+            state.config.default_rate_limit,
+        ))
+        .map_err(|b| b.refuse(Act::Revoke))?;
     match keys::revoke(
         &state.db,
         Some(auth.team_id()),
@@ -340,4 +360,33 @@ async fn revoke(
         Revoked::Now(k) | Revoked::Already(k) => Ok(Json(k)),
         Revoked::NotFound => Err(ApiError::not_found("API key")),
     }
+}
+
+/// A key of the caller's team that the caller may see; 404 otherwise.
+async fn visible(state: &AppState, auth: &Auth, id: ApiKeyId) -> Result<ApiKey, ApiError> {
+    keys::get_visible(&state.db, auth.team_id(), auth.agent_restriction(), id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("API key"))
+}
+
+/// The first of `ids` that is not a live agent of the caller's team.
+async fn missing_agent(
+    state: &AppState,
+    auth: &Auth,
+    ids: &[Uuid],
+) -> Result<Option<Uuid>, ApiError> {
+    if ids.is_empty() {
+        return Ok(None);
+    }
+    let missing: Option<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM unnest($2::uuid[]) AS wanted(id)
+         WHERE NOT EXISTS (SELECT 1 FROM agents a
+                           WHERE a.id = wanted.id AND a.team_id = $1 AND a.deleted_at IS NULL)
+         ORDER BY id LIMIT 1",
+    )
+    .bind(auth.team_id())
+    .bind(ids)
+    .fetch_optional(&state.db)
+    .await?;
+    Ok(missing)
 }

@@ -6,8 +6,9 @@ pub mod config;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::PgExecutor;
+use sqlx::{PgExecutor, PgPool};
 
+use crate::crypto::{DecryptError, Keyring, PlainSecret};
 use crate::ids::{AgentId, TeamId};
 use crate::pagination::{Cursor, Page};
 
@@ -26,8 +27,11 @@ pub struct Agent {
     pub runtime: String,
     /// Runtime configuration (validated on write, see [`config`]).
     pub config: Value,
-    /// Secret that signs requests to an http agent.
-    pub signing_secret: String,
+    /// Secret that signs requests to an http agent, as stored before secrets were sealed
+    /// (None once sealed; see [`seal_signing_secrets`]). Read it with [`Agent::signing_secret`].
+    pub signing_secret: Option<PlainSecret>,
+    /// The signing secret, encrypted under the master key.
+    pub signing_secret_sealed: Option<Vec<u8>>,
     /// Cron expression, if scheduled.
     pub schedule: Option<String>,
     /// IANA time zone of the schedule.
@@ -166,10 +170,51 @@ impl Agent {
     pub fn is_paused(&self) -> bool {
         self.status == "paused"
     }
+
+    /// The secret that signs requests to the agent, decrypted (or, for a row not sealed yet,
+    /// as it was stored).
+    pub fn signing_secret(&self, keyring: &Keyring) -> Result<String, DecryptError> {
+        match (&self.signing_secret_sealed, &self.signing_secret) {
+            (Some(sealed), _) => keyring.decrypt(sealed),
+            (None, Some(plain)) => Ok(plain.0.clone()),
+            (None, None) => Err(DecryptError),
+        }
+    }
+}
+
+/// Encrypts the signing secrets still stored in plain text (agents created before they were
+/// sealed) and clears the plain text, in batches; returns how many were sealed. Safe to run
+/// from several processes at once.
+pub async fn seal_signing_secrets(db: &PgPool, keyring: &Keyring) -> Result<u64, sqlx::Error> {
+    let mut sealed = 0;
+    loop {
+        let mut tx = db.begin().await?;
+        let rows: Vec<(AgentId, String)> = sqlx::query_as(
+            "SELECT id, signing_secret FROM agents WHERE signing_secret IS NOT NULL
+             LIMIT 500 FOR UPDATE SKIP LOCKED",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            return Ok(sealed);
+        }
+        let ids: Vec<uuid::Uuid> = rows.iter().map(|(id, _)| id.0).collect();
+        let secrets: Vec<Vec<u8>> = rows.iter().map(|(_, s)| keyring.encrypt(s)).collect();
+        sqlx::query(
+            "UPDATE agents a SET signing_secret_sealed = s.sealed, signing_secret = NULL
+             FROM unnest($1::uuid[], $2::bytea[]) AS s(id, sealed) WHERE a.id = s.id",
+        )
+        .bind(&ids)
+        .bind(&secrets)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        sealed += rows.len() as u64;
+    }
 }
 
 /// Columns of [`Agent`], for queries elsewhere.
-pub const AGENT_COLUMNS: &str = "id, team_id, name, description, runtime, config, signing_secret, \
+pub const AGENT_COLUMNS: &str = "id, team_id, name, description, runtime, config, signing_secret, signing_secret_sealed, \
     schedule, timezone, status, max_concurrent_runs, max_run_seconds, approval, next_run_at, rate_limit_per_minute, rate_limit_per_day, \
     created_at, updated_at, deleted_at";
 

@@ -169,6 +169,8 @@ impl TestApp {
         // Test stand-ins for agents and receivers listen on loopback.
         config.allow_private_networks = true;
         config.chat_timeout = Duration::from_secs(10);
+        // Schedule tests fire every two seconds; the floor has its own test.
+        config.min_schedule_interval = Duration::from_secs(1);
         tweak(&mut config);
         let app = App::build(config).await.expect("api builds");
         let addr = app.local_addr();
@@ -312,6 +314,7 @@ pub struct Stack {
 /// Environment for worker and scheduler processes in tests.
 pub const FAST: &[(&str, &str)] = &[
     ("AGENTQ_ALLOW_PRIVATE_NETWORKS", "true"),
+    ("AGENTQ_MIN_SCHEDULE_SECONDS", "1"),
     ("AGENTQ_STALE_AFTER_SECONDS", "2"),
     ("AGENTQ_CLAIM_IDLE_SECONDS", "3"),
     ("AGENTQ_REQUEUE_AFTER_SECONDS", "2"),

@@ -80,7 +80,11 @@ impl HttpAgent {
             .map_err(|e| CallError::Permanent(format!("http agent url {e}")))?;
         let msg_id = format!("run_{}_{}", p.run.id, p.run.attempts);
         let ts = chrono::Utc::now().timestamp();
-        let sig = signing::sign(&p.agent.signing_secret, &msg_id, ts, body)
+        let secret = p
+            .agent
+            .signing_secret(&self.client.keyring)
+            .map_err(|e| CallError::Permanent(e.to_string()))?;
+        let sig = signing::sign(&secret, &msg_id, ts, body)
             .map_err(|e| CallError::Permanent(e.to_string()))?;
         let resp = self
             .client
