@@ -273,7 +273,7 @@ async fn finishing_hands_the_freed_slots_to_the_oldest_parked_runs() {
     .fetch_one(f.pool())
     .await
     .unwrap();
-    assert_eq!(usage, (1, 0));
+    assert_eq!(usage, (1, 1), "the input step, written by the start");
     let twice = life
         .finish(Ending::finish(
             &started[0],
@@ -309,7 +309,7 @@ async fn writes_keep_order_and_a_lost_lease_changes_nothing() {
         .collect();
     let mut sorted = seqs.clone();
     sorted.sort();
-    assert_eq!(sorted, vec![1, 2]);
+    assert_eq!(sorted, vec![2, 3], "after the input step the start wrote");
     // A stale lease (another worker took over) writes, beats and finishes nothing.
     let stale = Lease {
         attempt: lease.attempt + 1,
@@ -329,7 +329,7 @@ async fn writes_keep_order_and_a_lost_lease_changes_nothing() {
         .fetch_one(f.pool())
         .await
         .unwrap();
-    assert_eq!(steps, 2);
+    assert_eq!(steps, 3);
     // The live lease finishes, with the step count in its usage.
     assert!(life
         .finish(Ending::finish(&lease, RunStatus::Succeeded, None, None))
@@ -340,7 +340,7 @@ async fn writes_keep_order_and_a_lost_lease_changes_nothing() {
         .fetch_one(f.pool())
         .await
         .unwrap();
-    assert_eq!(usage["steps"], 2);
+    assert_eq!(usage["steps"], 3);
     assert_eq!(f.assert_counter_exact(agent).await, 0);
 }
 
@@ -494,8 +494,8 @@ async fn a_rejected_waiting_run_fails_with_usage_and_a_notification() {
     assert_eq!(error.as_deref(), Some("approval rejected"));
     assert_eq!(
         (steps, tool_calls),
-        (3, 1),
-        "reply, tool call, approval request"
+        (4, 1),
+        "input, reply, tool call, approval request"
     );
     let notes: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM notifications WHERE run_id = $1 AND kind = 'run.failed'",

@@ -8,12 +8,12 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use serde_json::Value;
 use tokio::sync::watch;
 
 use agentq_shared::agents::Agent;
 use agentq_shared::approvals::policy::Policy;
 use agentq_shared::ids::RunId;
+use agentq_shared::runs::lifecycle::start::input_text;
 use agentq_shared::runs::lifecycle::wait::{self, ApprovalRequest};
 use agentq_shared::runs::lifecycle::{Ending, Lease, NewStep, StepWrite, Written};
 use agentq_shared::runs::steps::{self, Role, Step, StepKind};
@@ -47,7 +47,8 @@ pub(super) async fn execute(
 ) -> Result<(), JobError> {
     let (tx, mut signal) = watch::channel(Signal::Go);
     let beat = tokio::spawn(heartbeat(ctx.clone(), lease, tx));
-    let result = run_steps(ctx, &lease, run, &agent, &mut signal).await;
+    let mut tail = None;
+    let result = run_steps(ctx, &lease, run, &agent, &mut signal, &mut tail).await;
     beat.abort();
     // A store failure leaves the job pending: it is redelivered and the run resumed from
     // its last persisted step.
@@ -55,7 +56,8 @@ pub(super) async fn execute(
         End::Lost => tracing::info!("lease lost; another worker owns the run now"),
         End::Waiting => tracing::info!("run waits for approval"),
         End::Finished(status, output, error) => {
-            let ending = Ending::finish(&lease, status, output, error);
+            let mut ending = Ending::finish(&lease, status, output, error);
+            ending.steps = tail;
             if ctx.lifecycle.finish(ending).await? {
                 tracing::info!(status = %status, "run finished");
             }
@@ -90,20 +92,31 @@ fn step(kind: StepKind, role: Role, content: Option<String>) -> NewStep {
     NewStep::new(kind, role, content)
 }
 
-fn input_text(input: &Value) -> Option<String> {
-    match input {
-        Value::Null => None,
-        Value::String(s) => Some(s.clone()),
-        other => Some(other.to_string()),
-    }
-}
-
 /// The loop's state: where the run is and what it said last.
 struct Cursor {
     position: i32,
     last_reply: Option<String>,
     history: Vec<Step>,
     reads_history: bool,
+    /// Steps not yet written: a runtime that does not read its history decides its next
+    /// action at once, so its steps are written with the next write that must happen anyway
+    /// (a sleep, an approval, the finish) instead of one write each.
+    pending: Vec<NewStep>,
+}
+
+impl Cursor {
+    /// The pending steps as a write at the current position, if there are any.
+    fn take_pending(&mut self, lease: &Lease) -> Option<StepWrite> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        Some(StepWrite {
+            lease: *lease,
+            position: self.position,
+            output: self.last_reply.clone(),
+            steps: std::mem::take(&mut self.pending),
+        })
+    }
 }
 
 impl Cursor {
@@ -115,12 +128,35 @@ impl Cursor {
     }
 }
 
+/// Runs the step loop; steps still pending when it finishes are left in `tail`, to be written
+/// with the run's ending.
 async fn run_steps(
+    ctx: &Ctx,
+    lease: &Lease,
+    run: Run,
+    agent: &Agent,
+    signal: &mut watch::Receiver<Signal>,
+    tail: &mut Option<StepWrite>,
+) -> Result<End, JobError> {
+    let mut cur = Cursor {
+        position: run.script_pos,
+        last_reply: run.output.clone(),
+        history: Vec::new(),
+        reads_history: true,
+        pending: Vec::new(),
+    };
+    let end = step_loop(ctx, lease, run, agent, signal, &mut cur).await;
+    *tail = cur.take_pending(lease);
+    end
+}
+
+async fn step_loop(
     ctx: &Ctx,
     lease: &Lease,
     mut run: Run,
     agent: &Agent,
     signal: &mut watch::Receiver<Signal>,
+    cur: &mut Cursor,
 ) -> Result<End, JobError> {
     // The run as read before the lease was taken; only the lease changed it since.
     run.attempts = lease.attempt;
@@ -130,12 +166,9 @@ async fn run_steps(
         Ok(r) => r,
         Err(e) => return Ok(End::Finished(RunStatus::Failed, None, Some(e.0))),
     };
-    let mut cur = Cursor {
-        position: run.script_pos,
-        last_reply: run.output.clone(),
-        history: Vec::new(),
-        reads_history: runtime.reads_history(),
-    };
+    cur.reads_history = runtime.reads_history();
+    // The start wrote the input step of a fresh run; a run started before that existed may
+    // still lack it.
     if run.next_seq == 1 {
         let first = step(StepKind::Input, Role::User, input_text(&run.input));
         if let Flow::Stop(end) = write(ctx, lease, cur.position, None, vec![first]).await? {
@@ -158,7 +191,7 @@ async fn run_steps(
             } => {
                 ctx.lifecycle.doorbell().ring(lease.run);
                 if cancel_requested {
-                    return Ok(cancelled(cur.last_reply));
+                    return Ok(cancelled(cur.last_reply.clone()));
                 }
                 cur.position = decided.position + 1;
             }
@@ -167,7 +200,7 @@ async fn run_steps(
     cur.refresh(ctx, run.id).await?;
     loop {
         match *signal.borrow() {
-            Signal::Cancel => return Ok(cancelled(cur.last_reply)),
+            Signal::Cancel => return Ok(cancelled(cur.last_reply.clone())),
             Signal::Lost => return Ok(End::Lost),
             Signal::Go => {}
         }
@@ -181,10 +214,14 @@ async fn run_steps(
             Wait::Done(Ok(a)) => a,
             Wait::Done(Err(e)) => {
                 let err_step = step(StepKind::Error, Role::System, Some(e.0.clone()));
-                let _ = write(ctx, lease, cur.position, None, vec![err_step]).await?;
-                return Ok(End::Finished(RunStatus::Failed, cur.last_reply, Some(e.0)));
+                cur.pending.push(err_step);
+                return Ok(End::Finished(
+                    RunStatus::Failed,
+                    cur.last_reply.clone(),
+                    Some(e.0),
+                ));
             }
-            Wait::Interrupted(end) => return Ok(end.with_output(cur.last_reply)),
+            Wait::Interrupted(end) => return Ok(end.with_output(cur.last_reply.clone())),
         };
         let new_steps = match action {
             Action::Reply(text) => {
@@ -198,6 +235,9 @@ async fn run_steps(
                 requires_approval,
             } => {
                 if requires_approval || policy.requires(&name, &arguments) {
+                    if let Flow::Stop(end) = flush(ctx, lease, cur).await? {
+                        return Ok(end);
+                    }
                     let req = ApprovalRequest {
                         position: cur.position,
                         tool: &name,
@@ -229,39 +269,61 @@ async fn run_steps(
                 ]
             }
             Action::Sleep(d) => {
+                // Whatever happened before the pause is shown during it.
+                if let Flow::Stop(end) = flush(ctx, lease, cur).await? {
+                    return Ok(end.with_output(cur.last_reply.clone()));
+                }
                 if let Wait::Interrupted(end) =
                     until_deadline(lease, signal, tokio::time::sleep(d)).await
                 {
-                    return Ok(end.with_output(cur.last_reply));
+                    return Ok(end.with_output(cur.last_reply.clone()));
                 }
                 vec![]
             }
             Action::Fail(reason) => {
-                let err_step = step(StepKind::Error, Role::System, Some(reason.clone()));
-                return Ok(
-                    match write(ctx, lease, cur.position + 1, None, vec![err_step]).await? {
-                        Flow::Go => End::Finished(RunStatus::Failed, cur.last_reply, Some(reason)),
-                        Flow::Stop(end) => end,
-                    },
-                );
+                cur.position += 1;
+                cur.pending
+                    .push(step(StepKind::Error, Role::System, Some(reason.clone())));
+                return Ok(End::Finished(
+                    RunStatus::Failed,
+                    cur.last_reply.clone(),
+                    Some(reason),
+                ));
             }
             Action::Done { output } => {
                 return Ok(End::Finished(
                     RunStatus::Succeeded,
-                    output.or(cur.last_reply),
+                    output.or(cur.last_reply.clone()),
                     None,
                 ));
             }
         };
         cur.position += 1;
-        let reply = cur.last_reply.clone();
-        if let Flow::Stop(end) =
-            write(ctx, lease, cur.position, reply.as_deref(), new_steps).await?
-        {
-            return Ok(end.with_output(cur.last_reply));
+        cur.pending.extend(new_steps);
+        if cur.reads_history || cur.pending.is_empty() {
+            // A runtime that reads its history needs its steps in Postgres before it goes
+            // on; a sleep moves the resume point.
+            if let Flow::Stop(end) = flush_always(ctx, lease, cur).await? {
+                return Ok(end.with_output(cur.last_reply.clone()));
+            }
+            cur.refresh(ctx, run.id).await?;
         }
-        cur.refresh(ctx, run.id).await?;
     }
+}
+
+/// Writes the pending steps, if any.
+async fn flush(ctx: &Ctx, lease: &Lease, cur: &mut Cursor) -> Result<Flow, JobError> {
+    if cur.pending.is_empty() {
+        return Ok(Flow::Go);
+    }
+    flush_always(ctx, lease, cur).await
+}
+
+/// Writes the pending steps (possibly none: then only the resume point moves).
+async fn flush_always(ctx: &Ctx, lease: &Lease, cur: &mut Cursor) -> Result<Flow, JobError> {
+    let steps = std::mem::take(&mut cur.pending);
+    let output = cur.last_reply.clone();
+    write(ctx, lease, cur.position, output.as_deref(), steps).await
 }
 
 fn cancelled(output: Option<String>) -> End {

@@ -58,7 +58,7 @@ pub async fn handle(ctx: &Ctx, job: RunJob, deliveries: u64) -> Result<(), JobEr
             tracing::warn!("job for an unknown run; dropped");
             return Ok(());
         }
-        Start::NotQueued(Some(_)) => return Ok(()),
+        Start::NotQueued(Some(_)) | Start::Raced => return Ok(()),
     };
     execute::execute(ctx, lease, run, agent).await
 }

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use sqlx::{PgConnection, PgPool};
 
+use super::write::{write_rounds, StepWrite};
 use super::{Lease, RunStatus};
 use crate::batch::BatchError;
 use crate::ids::{AgentId, RunId};
@@ -31,6 +32,9 @@ pub struct Ending {
     pub output: Option<String>,
     /// Why it failed, timed out or was cancelled.
     pub error: Option<String>,
+    /// The run's last steps, written in the ending's transaction just before it (a worker's
+    /// final reply rides with its finish instead of costing a write of its own).
+    pub steps: Option<StepWrite>,
 }
 
 impl Ending {
@@ -48,6 +52,7 @@ impl Ending {
             status,
             output,
             error,
+            steps: None,
         }
     }
 
@@ -60,6 +65,7 @@ impl Ending {
             status,
             output: None,
             error: Some(why.to_owned()),
+            steps: None,
         }
     }
 }
@@ -86,6 +92,10 @@ pub(super) async fn finish_batch(
     endings: &[Ending],
 ) -> Result<Vec<bool>, BatchError> {
     let mut tx = pool.begin().await?;
+    let tails: Vec<&StepWrite> = endings.iter().filter_map(|e| e.steps.as_ref()).collect();
+    if !tails.is_empty() {
+        write_rounds(&mut tx, &tails).await?;
+    }
     let (ended, outbox) = end_in(&mut tx, endings, &[RunStatus::Running]).await?;
     let unparked = release_slots(&mut tx, &per_agent(&ended)).await?;
     tx.commit().await?;

@@ -6,8 +6,8 @@
 //! agent therefore serialise per batch, not per run, and the counter is exact under any number
 //! of workers: every change to it happens under that row lock.
 //!
-//! The answer carries the run and its agent as of the start, so the worker reads nothing
-//! again before executing.
+//! A fresh run's input step is written by the same statement, and the answer carries the
+//! run and its agent as of the start, so the worker reads nothing again before executing.
 
 use std::collections::HashMap;
 
@@ -41,6 +41,8 @@ pub enum Start {
     Busy,
     /// The run is not queued (its status and attempts, or None if there is no such run).
     NotQueued(Option<(RunStatus, i32)>),
+    /// Another transition (a cancel, another worker's start) took the run first.
+    Raced,
 }
 
 #[derive(sqlx::FromRow)]
@@ -50,18 +52,18 @@ struct SlotRow {
     running_runs: i32,
 }
 
-/// Locks the slot counters of the agents of `runs` in id order; the agents with their
-/// counters.
+/// Locks the slot counters of `agents` in id order; the agents with their counters.
 async fn lock_slots(
     conn: &mut PgConnection,
-    runs: &[RunId],
+    agents: &[AgentId],
 ) -> Result<HashMap<AgentId, (Agent, i32)>, sqlx::Error> {
+    if agents.is_empty() {
+        return Ok(HashMap::new());
+    }
     let rows: Vec<SlotRow> = sqlx::query_as(&format!(
-        "SELECT {AGENT_COLUMNS}, running_runs FROM agents
-         WHERE id IN (SELECT agent_id FROM runs WHERE id = ANY($1))
-         ORDER BY id FOR NO KEY UPDATE"
+        "SELECT {AGENT_COLUMNS}, running_runs FROM agents WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE"
     ))
-    .bind(runs)
+    .bind(agents)
     .fetch_all(conn)
     .await?;
     Ok(rows
@@ -73,7 +75,8 @@ async fn lock_slots(
 /// What the batch decided for each queued run.
 #[derive(Default)]
 struct Plan {
-    start: Vec<(RunId, i32)>,
+    /// Run, max seconds, and the input step's text for a run that has no steps yet.
+    start: Vec<(RunId, i32, Option<Option<String>>)>,
     park: Vec<RunId>,
     hold: Vec<RunId>,
     orphaned: Vec<RunId>,
@@ -85,15 +88,23 @@ pub(super) async fn start_batch(
     ids: Vec<RunId>,
 ) -> Result<Vec<Start>, BatchError> {
     let mut tx = pool.begin().await?;
-    let mut slots = lock_slots(&mut tx, &ids).await?;
-    // Read after the locks: no one else can start these runs now (cancels still can, and the
-    // guarded update below refuses those).
+    // Read before the locks, to hold them briefly: a run that changes meanwhile (another
+    // worker's start, a cancel) is refused by the guarded update, and only the runs that
+    // update really starts count against the slots.
     let runs: Vec<Run> = sqlx::query_as(&format!(
         "SELECT {RUN_COLUMNS} FROM runs WHERE id = ANY($1) ORDER BY id"
     ))
     .bind(&ids)
     .fetch_all(&mut *tx)
     .await?;
+    let mut agent_ids: Vec<AgentId> = runs
+        .iter()
+        .filter(|r| r.status == RunStatus::Queued && !r.held)
+        .map(|r| r.agent_id)
+        .collect();
+    agent_ids.sort();
+    agent_ids.dedup();
+    let mut slots = lock_slots(&mut tx, &agent_ids).await?;
     let mut plan = Plan::default();
     let mut outcome: HashMap<RunId, Start> = HashMap::new();
     for run in &runs {
@@ -112,7 +123,9 @@ pub(super) async fn start_batch(
                 }
                 Some((agent, running)) if *running < agent.max_concurrent_runs => {
                     *running += 1;
-                    plan.start.push((run.id, agent.max_run_seconds));
+                    let input = (run.next_seq == 1).then(|| input_text(&run.input));
+                    plan.start.push((run.id, agent.max_run_seconds, input));
+                    outcome.insert(run.id, Start::Raced);
                     continue;
                 }
                 Some(_) => {
@@ -174,17 +187,39 @@ pub(super) async fn start_batch(
         .collect())
 }
 
+/// The text of a run's input step.
+pub fn input_text(input: &serde_json::Value) -> Option<String> {
+    match input {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
 /// The plan in one statement; the runs started.
 async fn apply(conn: &mut PgConnection, plan: &Plan) -> Result<Vec<Run>, sqlx::Error> {
-    let (start_ids, seconds): (Vec<RunId>, Vec<i32>) = plan.start.iter().copied().unzip();
+    let start_ids: Vec<RunId> = plan.start.iter().map(|s| s.0).collect();
+    let seconds: Vec<i32> = plan.start.iter().map(|s| s.1).collect();
+    let fresh: Vec<bool> = plan.start.iter().map(|s| s.2.is_some()).collect();
+    let inputs: Vec<Option<&str>> = plan
+        .start
+        .iter()
+        .map(|s| s.2.as_ref().and_then(|t| t.as_deref()))
+        .collect();
     sqlx::query_as(&format!(
         "WITH s AS (
             UPDATE runs r SET status = 'running', parked = false, attempts = r.attempts + 1,
                    started_at = coalesce(r.started_at, now()), heartbeat_at = now(),
-                   deadline_at = now() + make_interval(secs => d.secs)
-            FROM unnest($1::uuid[], $2::int[]) AS d(id, secs)
+                   deadline_at = now() + make_interval(secs => d.secs),
+                   next_seq = CASE WHEN d.fresh AND r.next_seq = 1 THEN 2 ELSE r.next_seq END
+            FROM unnest($1::uuid[], $2::int[], $6::bool[], $7::text[]) AS d(id, secs, fresh, input)
             WHERE r.id = d.id AND r.status = ANY($3) AND NOT r.held
-            RETURNING r.*
+            RETURNING r.*, d.fresh AND r.next_seq = 2 AS wrote_input, d.input AS input_text
+         ), i AS (
+            INSERT INTO run_steps (id, run_id, seq, team_id, agent_id, kind, role, content)
+            SELECT agentq_uuid_v7(), s.id, 1, s.team_id, s.agent_id, 'input', 'user', s.input_text
+            FROM s WHERE s.wrote_input
+            ON CONFLICT (run_id, seq) DO NOTHING
          ), p AS (
             UPDATE runs SET parked = true WHERE id = ANY($4) AND status = 'queued' AND NOT held
          ), h AS (
@@ -201,6 +236,8 @@ async fn apply(conn: &mut PgConnection, plan: &Plan) -> Result<Vec<Run>, sqlx::E
     .bind(RunStatus::Running.guard(&[RunStatus::Queued]))
     .bind(&plan.park)
     .bind(&plan.hold)
+    .bind(&fresh)
+    .bind(&inputs)
     .fetch_all(conn)
     .await
 }

@@ -79,16 +79,26 @@ pub(super) async fn write_batch(
     pool: &PgPool,
     writes: &[StepWrite],
 ) -> Result<Vec<Written>, BatchError> {
+    let mut conn = pool.acquire().await?;
+    let all: Vec<&StepWrite> = writes.iter().collect();
+    Ok(write_rounds(&mut conn, &all).await?)
+}
+
+/// [`write_in`] for writes that may name a run more than once: in rounds of distinct runs,
+/// in order.
+pub(crate) async fn write_rounds(
+    conn: &mut PgConnection,
+    writes: &[&StepWrite],
+) -> Result<Vec<Written>, sqlx::Error> {
     let mut out = vec![Written::Lost; writes.len()];
     let mut todo: Vec<usize> = (0..writes.len()).collect();
-    let mut conn = pool.acquire().await?;
     while !todo.is_empty() {
         let mut seen = HashSet::new();
         let (round, later): (Vec<usize>, Vec<usize>) = todo
             .into_iter()
             .partition(|i| seen.insert(writes[*i].lease.run));
-        let batch: Vec<&StepWrite> = round.iter().map(|i| &writes[*i]).collect();
-        let written = write_in(&mut conn, &batch).await?;
+        let batch: Vec<&StepWrite> = round.iter().map(|i| writes[*i]).collect();
+        let written = write_in(conn, &batch).await?;
         for (i, w) in round.into_iter().zip(written) {
             out[i] = w;
         }
