@@ -1,0 +1,172 @@
+//! What an agentq process holds: its memory (VmRSS / VmHWM from /proc/<pid>/status) and its
+//! Postgres connections. agentq sets no `application_name`, so a backend of
+//! `pg_stat_activity` is tied to a process by its client port: the local port of a TCP
+//! socket the process has open (/proc/<pid>/fd → socket inode → /proc/net/tcp{,6}).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use anyhow::Context;
+use sqlx::{PgConnection, Row};
+
+/// Resident and peak resident memory of a process, in kB.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Memory {
+    pub(crate) rss_kb: u64,
+    pub(crate) hwm_kb: u64,
+}
+
+impl Memory {
+    pub(crate) fn read(pid: u32) -> Option<Self> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let field = |name: &str| {
+            status.lines().find_map(|l| {
+                l.strip_prefix(name)?
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+        };
+        Some(Self {
+            rss_kb: field("VmRSS:")?,
+            hwm_kb: field("VmHWM:").unwrap_or(0),
+        })
+    }
+}
+
+/// Backends of one database, by the agentq process that holds them.
+pub(crate) struct Connections {
+    /// `role#pid` → (backends, of them not idle).
+    pub(crate) by_process: BTreeMap<String, (u64, u64)>,
+    /// Backends no spawned process owns (the bench's own, other clients), by application_name.
+    pub(crate) others: BTreeMap<String, u64>,
+}
+
+/// Reads `pg_stat_activity` for `db_name` over `admin` and attributes each client backend to
+/// one of `pids` (role, pid) by its client port.
+pub(crate) async fn pg_connections(
+    admin: &mut PgConnection,
+    db_name: &str,
+    pids: &[(String, u32)],
+) -> anyhow::Result<Connections> {
+    let rows = sqlx::query(
+        "SELECT client_port, coalesce(application_name, ''), coalesce(state, '')
+         FROM pg_stat_activity
+         WHERE datname = $1 AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
+    )
+    .bind(db_name)
+    .fetch_all(&mut *admin)
+    .await
+    .context("reading pg_stat_activity")?;
+    let owner = port_owners(pids);
+    let mut out = Connections {
+        by_process: pids
+            .iter()
+            .map(|(role, pid)| (format!("{role}#{pid}"), (0, 0)))
+            .collect(),
+        others: BTreeMap::new(),
+    };
+    for r in rows {
+        let port: Option<i32> = r.try_get(0)?;
+        let app: String = r.try_get(1)?;
+        let state: String = r.try_get(2)?;
+        let key = port.and_then(|p| owner.get(&(p as u16)));
+        match key {
+            Some(k) => {
+                let e = out.by_process.entry(k.clone()).or_default();
+                e.0 += 1;
+                if state != "idle" {
+                    e.1 += 1;
+                }
+            }
+            None => {
+                let label = if app.is_empty() { "(no name)" } else { &app };
+                *out.others.entry(label.to_owned()).or_default() += 1;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Local TCP port → `role#pid` of the process holding that socket.
+fn port_owners(pids: &[(String, u32)]) -> HashMap<u16, String> {
+    let ports = local_ports_by_inode();
+    let mut out = HashMap::new();
+    for (role, pid) in pids {
+        for inode in socket_inodes(*pid) {
+            if let Some(port) = ports.get(&inode) {
+                out.insert(*port, format!("{role}#{pid}"));
+            }
+        }
+    }
+    out
+}
+
+/// Socket inodes a process has open.
+fn socket_inodes(pid: u32) -> HashSet<u64> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return HashSet::new();
+    };
+    dir.flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            let s = l.to_string_lossy().into_owned();
+            s.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .collect()
+}
+
+/// Socket inode → local port, from /proc/net/tcp and tcp6.
+fn local_ports_by_inode() -> HashMap<u64, u16> {
+    let mut out = HashMap::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(inode)) = (f.get(1), f.get(9)) else {
+                continue;
+            };
+            let port = local
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if let (Some(port), Ok(inode)) = (port, inode.parse::<u64>()) {
+                out.insert(inode, port);
+            }
+        }
+    }
+    out
+}
+
+/// AGENTQ_DB_MAX_CONNECTIONS as the spawned processes see it (they inherit the bench's
+/// environment), or agentq's default, 10.
+pub(crate) fn db_budget() -> u64 {
+    std::env::var("AGENTQ_DB_MAX_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(10)
+}
+
+/// `nproc`, total memory and CPU model of this machine, for the report.
+pub(crate) fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_owned())
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    format!("{cores} cores (nproc), {mem_gib:.1} GiB memory, {model}")
+}
+
+/// The command that reproduces this run: `cargo run --release -p bench -- <args>`.
+pub(crate) fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    format!("cargo run --release -p bench -- {}", args.join(" "))
+}
