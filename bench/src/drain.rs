@@ -71,6 +71,10 @@ pub(crate) struct Args {
     /// Skip the BullMQ peer.
     #[arg(long, overrides_with = "peers")]
     no_peers: bool,
+    /// No webhook endpoint: the drain's per-run counts are then the run lifecycle's alone
+    /// (the delivery check is skipped).
+    #[arg(long)]
+    no_webhook: bool,
     /// Seconds of the Postgres INSERT baseline.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
     baseline_seconds: u64,
@@ -90,6 +94,8 @@ struct Setup {
     limit: u64,
     /// Why it is not what was asked for.
     cap_note: Option<String>,
+    /// Whether a webhook endpoint receives `run.succeeded`.
+    webhook: bool,
 }
 
 /// Statements the bench sends to the stack's database, counted so that they can be taken
@@ -224,6 +230,9 @@ struct Drain {
     delivered_at_end: usize,
     sampled: Sampled,
     per_run: PerRun,
+    /// Redis commands per run up to the last finish (+0.3 s), before the wait for the
+    /// remaining webhook deliveries.
+    redis_at_finish: f64,
 }
 
 /// Most running runs seen per agent: counted in `runs`, and the agent's counter.
@@ -302,13 +311,15 @@ async fn setup(
     let private = [("AGENTQ_ALLOW_PRIVATE_NETWORKS", "true")];
     let base = stack.spawn_api_with_env("api", &private).await?;
     let api = Api::new(base.clone(), key, args.concurrency as usize)?;
-    api.call(
-        api.client
-            .post(format!("{base}/api/v1/webhooks"))
-            .json(&json!({"url": receiver.url, "event_types": ["run.succeeded"]})),
-    )
-    .await
-    .context("creating the webhook endpoint")?;
+    if !args.no_webhook {
+        api.call(
+            api.client
+                .post(format!("{base}/api/v1/webhooks"))
+                .json(&json!({"url": receiver.url, "event_types": ["run.succeeded"]})),
+        )
+        .await
+        .context("creating the webhook endpoint")?;
+    }
     let (first, limit, cap_note) = first_agent(&api, args.max_concurrent).await?;
     let mut agents = vec![first];
     for i in 1..args.agents {
@@ -319,6 +330,7 @@ async fn setup(
         agents,
         limit,
         cap_note,
+        webhook: !args.no_webhook,
     })
 }
 
@@ -425,7 +437,8 @@ async fn backlog_phase(
     Ok(Backlog { accept, per_run })
 }
 
-/// Phase 3: W workers drain the backlog; the sampler watches the running runs.
+/// Phase 3: W workers drain the backlog; the sampler watches the running runs; then every
+/// webhook delivery is awaited, the workers stop and the counters are read.
 async fn drain_phase(
     stack: &mut Stack,
     args: &Args,
@@ -436,12 +449,46 @@ async fn drain_phase(
     let probe = Probe::connect(stack.database_url()).await?;
     let before = meter.read().await?;
     let sampler = Sampler::start(probe.clone(), setup.agents.clone());
+    let started = Instant::now();
+    spawn_workers(stack, args)?;
+    let stall = Duration::from_secs(args.stall_seconds);
+    wait_drained(stack, &probe, &setup.agents, stall).await?;
+    let wall_s = started.elapsed().as_secs_f64();
+    let sampled = sampler.finish().await;
+    // Workers acknowledge their last jobs just after the runs end in Postgres.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let redis_at_finish = meter.redis().await?;
+    let delivered_at_end = receiver.counts().1;
+    if !args.no_webhook {
+        wait_deliveries(stack, receiver, args.runs as usize, stall).await?;
+    }
+    let redis_after = meter.redis().await?;
+    let (runs, span_s) = span(&probe, &setup.agents).await?;
+    // Killed workers and closed bench connections report their counters at once.
+    stack.stop("worker").await;
+    let bench_queries = probe.queries.load(Ordering::Relaxed);
+    probe.pool.close().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pg_after = meter.pg().await?;
+    let at_finish = PerRun::of(&before, pg_after, &redis_at_finish, 0, runs as u64);
+    Ok(Drain {
+        runs,
+        span_s,
+        runs_per_s: common::ratio(runs as f64, span_s),
+        wall_s,
+        delivered_at_end,
+        sampled,
+        per_run: PerRun::of(&before, pg_after, &redis_after, bench_queries, runs as u64),
+        redis_at_finish: at_finish.redis,
+    })
+}
+
+fn spawn_workers(stack: &mut Stack, args: &Args) -> anyhow::Result<()> {
     let concurrency = args.worker_concurrency.to_string();
     eprintln!(
         "[bench] drain: {} workers x AGENTQ_WORKER_CONCURRENCY={concurrency}",
         args.workers
     );
-    let started = Instant::now();
     for _ in 0..args.workers {
         stack.spawn(
             "worker",
@@ -452,8 +499,17 @@ async fn drain_phase(
             ],
         )?;
     }
-    let stall = Duration::from_secs(args.stall_seconds);
-    let (p, agents) = (probe.clone(), setup.agents.clone());
+    Ok(())
+}
+
+/// Waits until no run of the agents is queued or running (stall-guarded).
+async fn wait_drained(
+    stack: &mut Stack,
+    probe: &Probe,
+    agents: &[String],
+    stall: Duration,
+) -> anyhow::Result<()> {
+    let (p, agents) = (probe.clone(), agents.to_vec());
     common::wait_for(stack, "drain", stall, move || {
         let (p, agents) = (p.clone(), agents.clone());
         async move {
@@ -465,31 +521,7 @@ async fn drain_phase(
             ))
         }
     })
-    .await?;
-    let wall_s = started.elapsed().as_secs_f64();
-    let sampled = sampler.finish().await;
-    let delivered_at_end = receiver.counts().1;
-    wait_deliveries(stack, receiver, args.runs as usize, stall).await?;
-    // Workers acknowledge their last jobs just after the runs end in Postgres.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let redis_after = meter.redis().await?;
-    let (runs, span_s) = span(&probe, &setup.agents).await?;
-    // Killed workers and closed bench connections report their counters at once.
-    stack.stop("worker").await;
-    let bench_queries = probe.queries.load(Ordering::Relaxed);
-    probe.pool.close().await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let pg_after = meter.pg().await?;
-    let per_run = PerRun::of(&before, pg_after, &redis_after, bench_queries, runs as u64);
-    Ok(Drain {
-        runs,
-        span_s,
-        runs_per_s: common::ratio(runs as f64, span_s),
-        wall_s,
-        delivered_at_end,
-        sampled,
-        per_run,
-    })
+    .await
 }
 
 /// Runs of the agents and first `started_at` to last `finished_at`, in seconds.

@@ -204,7 +204,10 @@ async fn measure(
     let worker = pid_of(stack, "worker").and_then(|p| Memory::read(p).map(|m| (p, m)));
     let api = pid_of(stack, "api").and_then(|p| Memory::read(p).map(|m| (p, m)));
     let mut admin = stats::connect(stack.admin_url()).await?;
-    let connections = procs::pg_connections(&mut admin, stack.db_name(), &stack.pids())
+    let pg_port = reqwest::Url::parse(stack.database_url())?
+        .port()
+        .unwrap_or(5432);
+    let connections = procs::pg_connections(&mut admin, stack.db_name(), pg_port, &stack.pids())
         .await
         .context("counting Postgres connections")?;
     Ok(Snapshot {

@@ -1,7 +1,9 @@
 //! What an agentq process holds: its memory (VmRSS / VmHWM from /proc/<pid>/status) and its
 //! Postgres connections. agentq sets no `application_name`, so a backend of
 //! `pg_stat_activity` is tied to a process by its client port: the local port of a TCP
-//! socket the process has open (/proc/<pid>/fd → socket inode → /proc/net/tcp{,6}).
+//! socket to the Postgres port that the process has open (/proc/<pid>/fd → socket inode →
+//! /proc/net/tcp{,6}). The remote port matters: the same ephemeral port may be in use at
+//! once towards other destinations (e.g. a worker's HTTP connections).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -44,10 +46,11 @@ pub(crate) struct Connections {
 }
 
 /// Reads `pg_stat_activity` for `db_name` over `admin` and attributes each client backend to
-/// one of `pids` (role, pid) by its client port.
+/// one of `pids` (role, pid) by its client port; `pg_port` is the server's port.
 pub(crate) async fn pg_connections(
     admin: &mut PgConnection,
     db_name: &str,
+    pg_port: u16,
     pids: &[(String, u32)],
 ) -> anyhow::Result<Connections> {
     let rows = sqlx::query(
@@ -59,7 +62,7 @@ pub(crate) async fn pg_connections(
     .fetch_all(&mut *admin)
     .await
     .context("reading pg_stat_activity")?;
-    let owner = port_owners(pids);
+    let owner = port_owners(pids, pg_port);
     let mut out = Connections {
         by_process: pids
             .iter()
@@ -89,9 +92,9 @@ pub(crate) async fn pg_connections(
     Ok(out)
 }
 
-/// Local TCP port → `role#pid` of the process holding that socket.
-fn port_owners(pids: &[(String, u32)]) -> HashMap<u16, String> {
-    let ports = local_ports_by_inode();
+/// Local TCP port of a connection to `pg_port` → `role#pid` of the process holding it.
+fn port_owners(pids: &[(String, u32)], pg_port: u16) -> HashMap<u16, String> {
+    let ports = local_ports_by_inode(pg_port);
     let mut out = HashMap::new();
     for (role, pid) in pids {
         for inode in socket_inodes(*pid) {
@@ -117,20 +120,25 @@ fn socket_inodes(pid: u32) -> HashSet<u64> {
         .collect()
 }
 
-/// Socket inode → local port, from /proc/net/tcp and tcp6.
-fn local_ports_by_inode() -> HashMap<u64, u16> {
+/// Socket inode → local port of the sockets connected to `remote_port`, from /proc/net/tcp
+/// and tcp6.
+fn local_ports_by_inode(remote_port: u16) -> HashMap<u64, u16> {
+    let port_of = |addr: &str| {
+        addr.rsplit_once(':')
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+    };
     let mut out = HashMap::new();
     for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let text = std::fs::read_to_string(file).unwrap_or_default();
         for line in text.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
-            let (Some(local), Some(inode)) = (f.get(1), f.get(9)) else {
+            let (Some(local), Some(remote), Some(inode)) = (f.get(1), f.get(2), f.get(9)) else {
                 continue;
             };
-            let port = local
-                .rsplit_once(':')
-                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
-            if let (Some(port), Ok(inode)) = (port, inode.parse::<u64>()) {
+            if port_of(remote) != Some(remote_port) {
+                continue;
+            }
+            if let (Some(port), Ok(inode)) = (port_of(local), inode.parse::<u64>()) {
                 out.insert(inode, port);
             }
         }

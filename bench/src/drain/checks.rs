@@ -56,54 +56,51 @@ pub(super) async fn run(
         total == accepted && succeeded == total,
         format!("{succeeded} succeeded of {total} runs ({accepted} accepted)"),
     ));
-    for (name, sql) in PER_RUN {
+    // Events are written only for subscribed endpoints (agentq_emit).
+    let events = i64::from(setup.webhook);
+    for (what, sql, expected) in [
+        ("run_steps", STEPS, 2),
+        ("usage_records", USAGE, 1),
+        ("audit_logs signal.received", AUDIT, 1),
+        ("events run.succeeded", EVENTS, events),
+    ] {
         let wrong: i64 = sqlx::query_scalar(sql)
             .bind(agents)
+            .bind(expected)
             .fetch_one(&probe.pool)
             .await?;
         out.push(check(
-            *name,
+            format!("{what}: {expected} per run"),
             wrong == 0,
-            format!("{wrong} runs without exactly that"),
+            format!("{wrong} runs without exactly {expected}"),
         ));
     }
-    out.push(webhooks(probe, agents, receiver).await?);
+    if setup.webhook {
+        out.push(webhooks(probe, agents, receiver).await?);
+    }
     out.push(limit_held(setup, drain));
     out.push(counters(probe, agents).await?);
     out.push(dead_letters(stack).await?);
     Ok(out)
 }
 
-/// Per-run counts, each query answering how many runs are off.
-const PER_RUN: &[(&str, &str)] = &[
-    (
-        "run_steps: 2 per run",
-        "WITH s AS (SELECT run_id, count(*) AS n FROM run_steps GROUP BY run_id)
-         SELECT count(*)::int8 FROM runs r LEFT JOIN s ON s.run_id = r.id
-         WHERE r.agent_id = ANY($1::text[]::uuid[]) AND coalesce(s.n, 0) <> 2",
-    ),
-    (
-        "usage_records: 1 per run",
-        "WITH u AS (SELECT run_id, count(*) AS n FROM usage_records GROUP BY run_id)
-         SELECT count(*)::int8 FROM runs r LEFT JOIN u ON u.run_id = r.id
-         WHERE r.agent_id = ANY($1::text[]::uuid[]) AND coalesce(u.n, 0) <> 1",
-    ),
-    (
-        "audit_logs signal.received: 1 per run",
-        "WITH a AS (SELECT target_id, count(*) AS n FROM audit_logs
-                    WHERE action = 'signal.received' AND target_type = 'run' GROUP BY target_id)
-         SELECT count(*)::int8 FROM runs r LEFT JOIN a ON a.target_id = r.id::text
-         WHERE r.agent_id = ANY($1::text[]::uuid[]) AND coalesce(a.n, 0) <> 1",
-    ),
-    (
-        "events run.succeeded: 1 per run",
-        "WITH e AS (SELECT coalesce(payload->'data'->'run'->>'id', payload->'data'->>'id',
-                                    payload->'data'->>'run_id') AS run_id, count(*) AS n
-                    FROM events WHERE type = 'run.succeeded' GROUP BY 1)
-         SELECT count(*)::int8 FROM runs r LEFT JOIN e ON e.run_id = r.id::text
-         WHERE r.agent_id = ANY($1::text[]::uuid[]) AND coalesce(e.n, 0) <> 1",
-    ),
-];
+// Per-run counts: each query answers how many runs of the agents ($1) have not exactly $2.
+const STEPS: &str = "WITH s AS (SELECT run_id, count(*) AS n FROM run_steps GROUP BY run_id)
+     SELECT count(*)::int8 FROM runs r LEFT JOIN s ON s.run_id = r.id
+     WHERE r.agent_id = ANY($1::text[]::uuid[]) AND coalesce(s.n, 0) <> $2";
+const USAGE: &str = "WITH u AS (SELECT run_id, count(*) AS n FROM usage_records GROUP BY run_id)
+     SELECT count(*)::int8 FROM runs r LEFT JOIN u ON u.run_id = r.id
+     WHERE r.agent_id = ANY($1::text[]::uuid[]) AND coalesce(u.n, 0) <> $2";
+const AUDIT: &str = "WITH a AS (SELECT target_id, count(*) AS n FROM audit_logs
+                WHERE action = 'signal.received' AND target_type = 'run' GROUP BY target_id)
+     SELECT count(*)::int8 FROM runs r LEFT JOIN a ON a.target_id = r.id::text
+     WHERE r.agent_id = ANY($1::text[]::uuid[]) AND coalesce(a.n, 0) <> $2";
+const EVENTS: &str =
+    "WITH e AS (SELECT coalesce(payload->'data'->'run'->>'id', payload->'data'->>'id',
+                                payload->'data'->>'run_id') AS run_id, count(*) AS n
+                FROM events WHERE type = 'run.succeeded' GROUP BY 1)
+     SELECT count(*)::int8 FROM runs r LEFT JOIN e ON e.run_id = r.id::text
+     WHERE r.agent_id = ANY($1::text[]::uuid[]) AND coalesce(e.n, 0) <> $2";
 
 /// (runs, succeeded runs) of the agents.
 async fn statuses(probe: &Probe, agents: &[String]) -> anyhow::Result<(i64, i64)> {

@@ -19,7 +19,7 @@ pub(super) fn print(
 ) {
     println!();
     print_setup(args, setup);
-    print_phases(args, base, backlog, drain);
+    print_phases(args, setup, base, backlog, drain);
     print_peer(drain, peer);
     println!();
     println!("checks:");
@@ -47,7 +47,16 @@ fn print_setup(args: &Args, setup: &Setup) {
     }
 }
 
-fn print_phases(args: &Args, base: &Baselines, backlog: &Backlog, drain: &Drain) {
+/// What the drain's counts include besides the runs.
+fn deliveries(setup: &Setup) -> &'static str {
+    if setup.webhook {
+        "webhook deliveries included, up to the last one"
+    } else {
+        "no webhook endpoint"
+    }
+}
+
+fn print_phases(args: &Args, setup: &Setup, base: &Baselines, backlog: &Backlog, drain: &Drain) {
     let a = &backlog.accept;
     println!(
         "baseline Redis LPUSH -> BRPOP (1 producer + 1 consumer): {:.0} pairs/s ({} pairs in {:.2} s)",
@@ -68,9 +77,12 @@ fn print_phases(args: &Args, base: &Baselines, backlog: &Backlog, drain: &Drain)
         drain.runs, drain.span_s, drain.runs_per_s, drain.wall_s, drain.delivered_at_end
     );
     println!(
-        "drain: per run {:.2} Postgres transactions, {:.2} Redis commands (webhook deliveries included; \
-         Redis counts are server-wide, other clients included)",
-        drain.per_run.pg_tx, drain.per_run.redis
+        "drain: per run {:.2} Postgres transactions, {:.2} Redis commands ({}; Redis counts are \
+         server-wide, other clients included); Redis up to the last finish: {:.2} per run",
+        drain.per_run.pg_tx,
+        drain.per_run.redis,
+        deliveries(setup),
+        drain.redis_at_finish
     );
     for (label, p) in [("backlog", &backlog.per_run), ("drain", &drain.per_run)] {
         let top: Vec<String> = p
@@ -150,8 +162,10 @@ fn print_table(
         ratio(a.rps, base.pg.inserts_per_s)
     );
     println!(
-        "| Postgres transactions per run | drain {:.2} (incl. webhook deliveries), backlog {:.2} | - | - |",
-        drain.per_run.pg_tx, backlog.per_run.pg_tx
+        "| Postgres transactions per run | drain {:.2} ({}), backlog {:.2} | - | - |",
+        drain.per_run.pg_tx,
+        deliveries(setup),
+        backlog.per_run.pg_tx
     );
     println!(
         "| Redis commands per run | drain {:.2}, backlog {:.2} | {peer_redis} | - |",
