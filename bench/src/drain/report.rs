@@ -127,23 +127,7 @@ fn print_table(
     peer: &Peer,
 ) {
     let a = &backlog.accept;
-    let (peer_cell, peer_ratio, peer_redis) = match peer {
-        Peer::Ran(b) => (
-            format!("BullMQ {} drain: {:.0} jobs/s", b.version, b.jobs_per_s),
-            format!("{:.2}x", ratio(drain.runs_per_s, b.jobs_per_s)),
-            format!("BullMQ: {:.1} per job (add + drain)", b.redis_per_job),
-        ),
-        Peer::Skipped(why) => (
-            format!("BullMQ skipped ({why})"),
-            "-".to_owned(),
-            "-".to_owned(),
-        ),
-    };
-    let failed: Vec<&str> = checks
-        .iter()
-        .filter(|c| !c.ok)
-        .map(|c| c.name.as_str())
-        .collect();
+    let (peer_cell, peer_ratio, peer_redis) = peer_cells(drain, peer);
     println!(
         "| {} runs, {} agent(s), {} workers x {} | agentq | peer / baseline, same run | ratio |",
         args.runs,
@@ -180,15 +164,38 @@ fn print_table(
         drain.sampled.max_running(),
         setup.limit
     );
-    println!(
-        "| checks | {} | - | - |",
-        if failed.is_empty() {
-            format!("all {} ok", checks.len())
-        } else {
-            format!("FAILED: {}", failed.join("; "))
-        }
-    );
+    println!("| checks | {} | - | - |", checks_cell(checks));
     println!();
     println!("machine: {}", procs::machine());
     println!("command: {}", procs::command_line());
+}
+
+/// The BullMQ cells of the table: drain rate, agentq/BullMQ, Redis commands per job.
+fn peer_cells(drain: &Drain, peer: &Peer) -> (String, String, String) {
+    match peer {
+        Peer::Ran(b) => (
+            format!("BullMQ {} drain: {:.0} jobs/s", b.version, b.jobs_per_s),
+            format!("{:.2}x", ratio(drain.runs_per_s, b.jobs_per_s)),
+            format!("BullMQ: {:.1} per job (add + drain)", b.redis_per_job),
+        ),
+        Peer::Skipped(why) => (
+            format!("BullMQ skipped ({})", why.lines().next().unwrap_or("")),
+            "-".to_owned(),
+            "-".to_owned(),
+        ),
+    }
+}
+
+/// `all N ok`, or the names of the failed checks.
+fn checks_cell(checks: &[Check]) -> String {
+    let failed: Vec<&str> = checks
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| c.name.as_str())
+        .collect();
+    if failed.is_empty() {
+        format!("all {} ok", checks.len())
+    } else {
+        format!("FAILED: {}", failed.join("; "))
+    }
 }
