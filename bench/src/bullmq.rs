@@ -63,7 +63,7 @@ pub(crate) async fn drain(stack: &Stack, shape: &Shape) -> Peer {
 async fn install_and_run(stack: &Stack, shape: &Shape, dir: &Path) -> anyhow::Result<BullmqDrain> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     eprintln!(
-        "[bench] bullmq: npm install --prefix {} bullmq",
+        "[bench] bullmq: npm install --prefix {} bullmq ioredis",
         dir.display()
     );
     let out = Command::new("npm")

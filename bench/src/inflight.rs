@@ -140,18 +140,17 @@ pub(crate) async fn run(stack: &mut Stack, args: &Args) -> anyhow::Result<()> {
     .await;
     let accepted = accept.requests - accept.errors;
     let snap = measure(stack, &agent_server, accepted, hold, started).await?;
+    print_snapshot(args, &accept, idle, &snap);
     let _ = agent_server.release.send(true);
-    let finished = wait_finished(stack, &agent, accepted, args).await?;
-    print(
-        args,
-        &accept,
-        idle,
-        &snap,
-        &finished,
-        agent_server.seen.load(Ordering::Relaxed),
-    );
+    let finished = wait_finished(stack, &agent, accepted, args).await;
+    let seen = agent_server.seen.load(Ordering::Relaxed);
     common::report_logs(stack);
-    if finished.0 != accepted as i64 || accept.errors > 0 {
+    let (succeeded, done) = finished?;
+    println!(
+        "after release: {done} of {} runs finished, {succeeded} succeeded; the slow agent got {seen} requests",
+        accept.requests
+    );
+    if succeeded != accepted as i64 || accept.errors > 0 {
         bail!("not every run was accepted and succeeded");
     }
     Ok(())
@@ -235,16 +234,21 @@ async fn wait_finished(
     let out = common::wait_for(stack, "inflight runs finishing", stall, move || {
         let (db, agent) = (db.clone(), agent.clone());
         async move {
-            let (succeeded, finished): (i64, i64) = sqlx::query_as(
+            let (succeeded, finished, queued, running): (i64, i64, i64, i64) = sqlx::query_as(
                 "SELECT (count(*) FILTER (WHERE status = 'succeeded'))::int8,
-                        (count(*) FILTER (WHERE status NOT IN ('queued', 'running')))::int8
+                        (count(*) FILTER (WHERE status NOT IN ('queued', 'running')))::int8,
+                        (count(*) FILTER (WHERE status = 'queued'))::int8,
+                        (count(*) FILTER (WHERE status = 'running'))::int8
                  FROM runs WHERE agent_id = $1::uuid",
             )
             .bind(&agent)
             .fetch_one(&db)
             .await?;
             let done = (finished >= expected as i64).then_some((succeeded, finished));
-            Ok((done, finished, format!("{finished}/{expected} finished")))
+            let state = format!(
+                "{finished}/{expected} finished ({succeeded} succeeded), {queued} queued, {running} running"
+            );
+            Ok((done, finished, state))
         }
     })
     .await?;
@@ -255,14 +259,8 @@ fn mib(kb: u64) -> f64 {
     kb as f64 / 1024.0
 }
 
-fn print(
-    args: &Args,
-    accept: &load::Summary,
-    idle: Option<Memory>,
-    snap: &Snapshot,
-    finished: &(i64, i64),
-    seen: u64,
-) {
+/// Memory and connections with the runs in flight, and the README table.
+fn print_snapshot(args: &Args, accept: &load::Summary, idle: Option<Memory>, snap: &Snapshot) {
     println!();
     println!(
         "runs created: {} ({} errors) at {:.0}/s; slow agent held {} of them at once after {:.1} s",
@@ -293,10 +291,6 @@ fn print(
     for (app, n) in &snap.connections.others {
         println!("  not an agentq process ({app}): {n}");
     }
-    println!(
-        "after release: {} of {} runs finished, {} succeeded; the slow agent got {seen} requests",
-        finished.1, accept.requests, finished.0
-    );
     let worker_mib = snap.worker.map_or(0.0, |(_, m)| mib(m.rss_kb));
     let over = snap
         .connections
