@@ -19,7 +19,11 @@ pub(crate) struct Memory {
 
 impl Memory {
     pub(crate) fn read(pid: u32) -> Option<Self> {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        Self::parse(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+    }
+
+    /// From the text of /proc/<pid>/status.
+    fn parse(status: &str) -> Option<Self> {
         let field = |name: &str| {
             status.lines().find_map(|l| {
                 l.strip_prefix(name)?
@@ -123,27 +127,32 @@ fn socket_inodes(pid: u32) -> HashSet<u64> {
 /// Socket inode → local port of the sockets connected to `remote_port`, from /proc/net/tcp
 /// and tcp6.
 fn local_ports_by_inode(remote_port: u16) -> HashMap<u64, u16> {
+    let mut out = HashMap::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        out.extend(parse_net_tcp(&text, remote_port));
+    }
+    out
+}
+
+/// The rows of a /proc/net/tcp table whose remote port is `remote_port`, as
+/// (socket inode, local port).
+fn parse_net_tcp(text: &str, remote_port: u16) -> Vec<(u64, u16)> {
     let port_of = |addr: &str| {
         addr.rsplit_once(':')
             .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
     };
-    let mut out = HashMap::new();
-    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let text = std::fs::read_to_string(file).unwrap_or_default();
-        for line in text.lines().skip(1) {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
-            let (Some(local), Some(remote), Some(inode)) = (f.get(1), f.get(2), f.get(9)) else {
-                continue;
-            };
-            if port_of(remote) != Some(remote_port) {
-                continue;
+            let (local, remote, inode) = (f.get(1)?, f.get(2)?, f.get(9)?);
+            if port_of(remote)? != remote_port {
+                return None;
             }
-            if let (Some(port), Ok(inode)) = (port_of(local), inode.parse::<u64>()) {
-                out.insert(inode, port);
-            }
-        }
-    }
-    out
+            Some((inode.parse().ok()?, port_of(local)?))
+        })
+        .collect()
 }
 
 /// AGENTQ_DB_MAX_CONNECTIONS as the spawned processes see it (they inherit the bench's
@@ -177,4 +186,28 @@ pub(crate) fn machine() -> String {
 pub(crate) fn command_line() -> String {
     let args: Vec<String> = std::env::args().skip(1).collect();
     format!("cargo run --release -p bench -- {}", args.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_fields_are_read_from_proc_status() {
+        let m = Memory::parse("Name:\tagentq\nVmHWM:\t  204800 kB\nVmRSS:\t  102400 kB\n").unwrap();
+        assert_eq!(m.rss_kb, 102_400);
+        assert_eq!(m.hwm_kb, 204_800);
+        assert!(Memory::parse("Name:\tkthreadd\n").is_none());
+    }
+
+    #[test]
+    fn only_sockets_towards_the_port_are_kept() {
+        // 127.0.0.1:40000 -> 127.0.0.1:5432 (0x1538), and the same local port towards 8080.
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:9C40 0100007F:1538 01 00000000:00000000 00:00000000 00000000     0        0 111 1 0 20 4 30 10 -1
+   1: 0100007F:9C40 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 222 1 0 20 4 30 10 -1
+   2: 0100007F:1538 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 333 1 0 20 4 30 10 -1
+";
+        assert_eq!(parse_net_tcp(text, 5432), vec![(111, 40_000)]);
+    }
 }
