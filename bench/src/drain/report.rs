@@ -93,9 +93,21 @@ fn print_phases(args: &Args, setup: &Setup, base: &Baselines, backlog: &Backlog,
         println!("{label}: top Redis commands per run: {}", top.join(", "));
     }
     println!(
-        "drain: most runs running at once per agent, sampled every 20 ms ({} samples): {:?}",
-        drain.sampled.samples, drain.sampled.max_running
+        "drain: most runs running at once per agent, sampled every 20 ms ({} samples): {}",
+        drain.sampled.samples,
+        per_agent(drain)
     );
+}
+
+/// The sampled maxima by agent, or their range when there are many agents.
+fn per_agent(drain: &Drain) -> String {
+    let m = &drain.sampled.max_running;
+    if m.len() <= 4 {
+        return format!("{m:?}");
+    }
+    let lo = m.values().min().copied().unwrap_or(0);
+    let hi = m.values().max().copied().unwrap_or(0);
+    format!("{} agents, from {lo} to {hi}", m.len())
 }
 
 fn print_peer(drain: &Drain, peer: &Peer) {
