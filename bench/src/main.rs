@@ -6,12 +6,17 @@
 mod api;
 mod approvals;
 mod baseline;
+mod bullmq;
 mod common;
+mod drain;
 mod gateway;
 mod inbound;
+mod inflight;
 mod load;
 mod observe;
+mod procs;
 mod proxy;
+mod receiver;
 mod runs;
 mod stack;
 mod stats;
@@ -52,6 +57,13 @@ enum Scenario {
     Inbound(inbound::Args),
     /// Rate limits and request logs on against off: two api processes, the same GET.
     Gateway(gateway::Args),
+    /// A backlog of N one-step runs built with no worker running, then drained by W workers:
+    /// runs/s beside BullMQ's drain of N no-op jobs, signals/s beside Postgres INSERTs/s,
+    /// transactions and Redis commands per run, max_concurrent_runs held, every row checked.
+    Drain(drain::Args),
+    /// N runs in flight on a slow `http` agent in one worker: its RSS and the Postgres
+    /// connections of each agentq process against AGENTQ_DB_MAX_CONNECTIONS.
+    Inflight(inflight::Args),
 }
 
 #[tokio::main]
@@ -84,6 +96,8 @@ async fn run(cli: Cli, binary: std::path::PathBuf) -> anyhow::Result<()> {
                 Scenario::Webhooks(args) => webhooks::run(&mut stack, args).await,
                 Scenario::Inbound(args) => inbound::run(&mut stack, args).await,
                 Scenario::Gateway(args) => gateway::run(&mut stack, args).await,
+                Scenario::Drain(args) => drain::run(&mut stack, args).await,
+                Scenario::Inflight(args) => inflight::run(&mut stack, args).await,
             }
         } => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),

@@ -335,11 +335,11 @@ impl Db {
 
 /// What the run queue in Redis holds.
 #[derive(Debug, Default)]
-struct QueueState {
-    stream: u64,
-    pending: u64,
-    delayed: u64,
-    dead: u64,
+pub(crate) struct QueueState {
+    pub(crate) stream: u64,
+    pub(crate) pending: u64,
+    pub(crate) delayed: u64,
+    pub(crate) dead: u64,
 }
 
 impl QueueState {
@@ -353,7 +353,7 @@ impl QueueState {
 }
 
 /// Reads the `runs` queue under `prefix` (keys as agentq names them: `prefix:{runs}:...`).
-async fn queue_state(
+pub(crate) async fn queue_state(
     redis: &mut redis::aio::MultiplexedConnection,
     prefix: &str,
 ) -> anyhow::Result<QueueState> {

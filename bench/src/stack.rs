@@ -26,18 +26,34 @@ pub(crate) const BENCH_RATE_LIMIT: &str = "1000000000";
 /// How long a killed process may take to be reaped.
 const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Where the `agentq` binary must be: next to this program (`target/release/`).
-pub(crate) fn expected_binary_path() -> PathBuf {
-    std::env::current_exe()
+/// Where the `agentq` binary is looked for: next to this program (`<target>/release/`, which
+/// follows CARGO_TARGET_DIR when cargo built both), then `$CARGO_TARGET_DIR/release/agentq`.
+fn binary_candidates() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(dir) = std::env::current_exe()
         .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join("agentq")))
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+    {
+        out.push(dir.join("agentq"));
+    }
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+        out.push(PathBuf::from(dir).join("release").join("agentq"));
+    }
+    out.push(PathBuf::from("target/release/agentq"));
+    out
+}
+
+/// Where the `agentq` binary should be (the first place looked at).
+pub(crate) fn expected_binary_path() -> PathBuf {
+    binary_candidates()
+        .into_iter()
+        .next()
         .unwrap_or_else(|| PathBuf::from("target/release/agentq"))
 }
 
 /// The `agentq` binary, if it has been built.
 pub(crate) fn agentq_binary() -> Option<PathBuf> {
-    let path = expected_binary_path();
-    path.is_file().then_some(path)
+    binary_candidates().into_iter().find(|p| p.is_file())
 }
 
 /// A long-lived agentq process and the file its output goes to.
