@@ -43,7 +43,7 @@ pub(super) async fn execute(
     ctx: &Ctx,
     lease: Lease,
     run: Run,
-    agent: Agent,
+    agent: std::sync::Arc<Agent>,
 ) -> Result<(), JobError> {
     let (tx, mut signal) = watch::channel(Signal::Go);
     let beat = tokio::spawn(heartbeat(ctx.clone(), lease, tx));

@@ -31,7 +31,7 @@ pub enum JobError {
 pub async fn handle(ctx: &Ctx, job: RunJob, deliveries: u64) -> Result<(), JobError> {
     tracing::Span::current().record("deliveries", deliveries);
     let (run, agent, lease) = match ctx.lifecycle.start(job.run_id).await? {
-        Start::Started { run, agent, lease } => (*run, *agent, lease),
+        Start::Started { run, agent, lease } => (*run, agent, lease),
         Start::Held => {
             tracing::info!("agent paused; run held until it resumes");
             return Ok(());
@@ -49,7 +49,7 @@ pub async fn handle(ctx: &Ctx, job: RunJob, deliveries: u64) -> Result<(), JobEr
                         attempt = lease.attempt,
                         "took over a run whose worker stopped showing life"
                     );
-                    (run, agent, lease)
+                    (run, std::sync::Arc::new(agent), lease)
                 }
                 None => return Ok(()),
             }

@@ -22,6 +22,9 @@ use crate::runs::JobError;
 
 /// How long a job waits for its endpoint's turn before trying again.
 const BUSY_RETRY: Duration = Duration::from_millis(200);
+/// Longest a delivery waits in this process for a permit of its endpoint before going back
+/// to the queue for `BUSY_RETRY`.
+const BUSY_WAIT: Duration = Duration::from_secs(1);
 
 /// Attempts in flight per endpoint in this process.
 #[derive(Default)]
@@ -39,7 +42,10 @@ impl EndpointLimits {
         }
     }
 
-    fn try_acquire(&self, endpoint: Uuid) -> Option<OwnedSemaphorePermit> {
+    /// A permit for `endpoint`, waiting for one at most `wait`: an endpoint that answers
+    /// quickly frees its permits within that time, so its deliveries queue here instead of
+    /// going back to Redis and Postgres; a slow one holds a job slot no longer than `wait`.
+    async fn acquire(&self, endpoint: Uuid, wait: Duration) -> Option<OwnedSemaphorePermit> {
         let sem = {
             let mut map = self.slots.lock().unwrap_or_else(|e| e.into_inner());
             if map.len() > 10_000 {
@@ -49,7 +55,10 @@ impl EndpointLimits {
                 .or_insert_with(|| Arc::new(Semaphore::new(self.per_endpoint)))
                 .clone()
         };
-        sem.try_acquire_owned().ok()
+        tokio::time::timeout(wait, sem.acquire_owned())
+            .await
+            .ok()?
+            .ok()
     }
 }
 
@@ -70,7 +79,7 @@ pub(crate) async fn handle(ctx: &Ctx, job: DeliveryJob) -> Result<(), JobError> 
         outcome::give_up(&ctx.db, d.id, "endpoint disabled").await?;
         return Ok(());
     }
-    let Some(_permit) = ctx.endpoint_limits.try_acquire(d.endpoint_id) else {
+    let Some(_permit) = ctx.endpoint_limits.acquire(d.endpoint_id, BUSY_WAIT).await else {
         ctx.queues
             .deliveries
             .enqueue_after(&DeliveryJob::payload(d.id), BUSY_RETRY)

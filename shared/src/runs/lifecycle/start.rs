@@ -30,8 +30,8 @@ pub enum Start {
     Started {
         /// The run, now running.
         run: Box<Run>,
-        /// Its agent.
-        agent: Box<Agent>,
+        /// Its agent (shared by the runs of the batch).
+        agent: std::sync::Arc<Agent>,
         /// The lease to write under.
         lease: Lease,
     },
@@ -105,6 +105,10 @@ pub(super) async fn start_batch(
     agent_ids.sort();
     agent_ids.dedup();
     let mut slots = lock_slots(&mut tx, &agent_ids).await?;
+    let shared: HashMap<AgentId, std::sync::Arc<Agent>> = slots
+        .iter()
+        .map(|(id, (a, _))| (*id, std::sync::Arc::new(a.clone())))
+        .collect();
     let mut plan = Plan::default();
     let mut outcome: HashMap<RunId, Start> = HashMap::new();
     for run in &runs {
@@ -153,7 +157,7 @@ pub(super) async fn start_batch(
     tx.commit().await?;
     outbox.send(&queues.deliveries).await;
     for run in started {
-        let Some((agent, _)) = slots.get(&run.agent_id) else {
+        let Some(agent) = shared.get(&run.agent_id) else {
             continue;
         };
         let lease = Lease {
@@ -164,7 +168,7 @@ pub(super) async fn start_batch(
         outcome.insert(
             run.id,
             Start::Started {
-                agent: Box::new(agent.clone()),
+                agent: agent.clone(),
                 run: Box::new(run),
                 lease,
             },
