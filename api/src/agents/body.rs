@@ -112,7 +112,7 @@ pub(super) struct UpdateAgent {
 #[serde(deny_unknown_fields)]
 struct PartialLimits {
     /// Runs executing at once.
-    #[schema(minimum = 1, maximum = 10_000)]
+    #[schema(minimum = 1, maximum = 1_000_000)]
     max_concurrent_runs: Option<i32>,
     /// Longest a run may take, in seconds.
     #[schema(minimum = 1, maximum = 86_400)]
@@ -274,10 +274,10 @@ impl Valid {
                 ));
             }
         }
-        if !(1..=10_000).contains(&self.limits.max_concurrent_runs) {
+        if !(1..=1_000_000).contains(&self.limits.max_concurrent_runs) {
             return Err(ApiError::invalid_field(
                 "limits.max_concurrent_runs",
-                "must be between 1 and 10000",
+                "must be between 1 and 1000000",
             ));
         }
         if !(1..=86_400).contains(&self.limits.max_run_seconds) {

@@ -175,9 +175,9 @@ async fn step_loop(
             return Ok(end);
         }
     }
-    // Back from a person's decision: record the call's result before going on. (A fresh
-    // run cannot have one, so it skips the lookup.)
-    let resumed = run.next_seq > 1;
+    // Back from a person's decision: record the call's result before going on. (A run's
+    // first execution cannot have one, so it skips the lookup.)
+    let resumed = lease.attempt > 1;
     let decided = if resumed {
         wait::decided_approval(&ctx.db, run.id).await?
     } else {

@@ -71,13 +71,15 @@ pub struct Lanes {
 
 impl Lanes {
     /// Lanes for a pool of `connections`, leaving room for the process's other queries.
+    /// Starts and endings take one lane each: their transactions hold agents' slot counters
+    /// until they commit, so for a busy agent one large batch beats two small ones queued
+    /// on the same row lock.
     pub fn for_pool(connections: u32) -> Self {
-        let wide = if connections >= 8 { 2 } else { 1 };
         Self {
-            start: wide,
-            write: wide,
+            start: 1,
+            write: if connections >= 8 { 2 } else { 1 },
             heartbeat: 1,
-            end: wide,
+            end: 1,
         }
     }
 }
@@ -100,7 +102,7 @@ impl Lifecycle {
     pub fn new(pool: PgPool, queues: Queues, doorbell: Doorbell, lanes: Lanes) -> Self {
         let starts = {
             let (pool, queues) = (pool.clone(), queues.clone());
-            Batcher::spawn("start", lanes.start, 512, move |ids: Vec<RunId>| {
+            Batcher::spawn("start", lanes.start, 1024, move |ids: Vec<RunId>| {
                 let (pool, queues) = (pool.clone(), queues.clone());
                 async move { start::start_batch(&pool, &queues, ids).await }
             })
@@ -129,7 +131,7 @@ impl Lifecycle {
         };
         let ends = {
             let (pool, queues, bell) = (pool.clone(), queues.clone(), doorbell.clone());
-            Batcher::spawn("end", lanes.end, 512, move |e: Vec<Ending>| {
+            Batcher::spawn("end", lanes.end, 1024, move |e: Vec<Ending>| {
                 let (pool, queues, bell) = (pool.clone(), queues.clone(), bell.clone());
                 async move {
                     let ended = end::finish_batch(&pool, &queues, &e).await?;
