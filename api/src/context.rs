@@ -159,7 +159,12 @@ pub async fn request_context(State(state): State<AppState>, req: Request, next: 
     let logged = state
         .request_logs
         .clone()
-        .filter(|_| path.starts_with("/api/") || path.starts_with("/hooks/"));
+        .filter(|_| {
+            path.starts_with("/api/")
+                || path.starts_with("/hooks/")
+                || path == "/mcp"
+                || path.starts_with("/mcp/")
+        });
     let user_agent = req
         .headers()
         .get("user-agent")
