@@ -19,6 +19,7 @@ mod key_privileges;
 mod lifecycle;
 mod mcp_agents;
 mod mcp_integrations;
+mod mcp_platform;
 mod mcp_servers;
 mod openapi;
 mod quotas;

@@ -14,6 +14,7 @@ use agentq_shared::ids::{AgentId, RunId};
 use agentq_shared::pagination::Cursor;
 use agentq_shared::runs::create::TriggerType;
 use agentq_shared::runs::{self, Run, RunFilter, RunStatus};
+use agentq_shared::scopes::{Scope, ScopeSet};
 
 use super::dispatch::Progress;
 use super::jsonrpc::RpcError;
@@ -218,6 +219,17 @@ fn tool_error(c: &Caller, e: ApiError) -> Value {
     json!({"content": [{"type": "text", "text": text}], "isError": true})
 }
 
+/// The caller as the REST twin of a tool sees it. At `/mcp`, `mcp:tools` is the scope the
+/// tools need (seed 001: a key with it is all an MCP client is given), so starting a run
+/// there is allowed as `signals:write` would allow it; the agent restriction still holds.
+fn acting(c: &Caller) -> crate::auth::Auth {
+    let mut auth = c.auth.clone();
+    if c.target == Target::Platform {
+        auth.scopes = ScopeSet::new([Scope::SignalsWrite]);
+    }
+    auth
+}
+
 /// Starts a run like `/chat` (trigger type `mcp`) and waits for it like `/chat` does, up
 /// to the chat timeout; a run that waits for approval answers at once.
 async fn chat(
@@ -234,7 +246,7 @@ async fn chat(
         input: Value::String(message),
         audit_action: None,
     };
-    let created = triggers::trigger(&c.state, &c.auth, agent, &HeaderMap::new(), t).await?;
+    let created = triggers::trigger(&c.state, &acting(c), agent, &HeaderMap::new(), t).await?;
     let wait: Duration = c.state.config.chat_timeout;
     let mut tick = |run: &Run| {
         if let Some(p) = progress.as_mut() {
@@ -311,7 +323,7 @@ async fn send_signal(c: &Caller, a: &Args<'_>) -> Result<Result<Value, ApiError>
         input: signal,
         audit_action: Some("signal.received"),
     };
-    let created = triggers::trigger(&c.state, &c.auth, agent, &HeaderMap::new(), t).await;
+    let created = triggers::trigger(&c.state, &acting(c), agent, &HeaderMap::new(), t).await;
     Ok(created.map(|r| json_result(json!(r.run()))))
 }
 
