@@ -735,14 +735,19 @@ async fn mcp_requests_are_rate_limited_and_logged_like_the_rest_api() {
     let third = post(&stream_url(&app, &agent), &key, list).await;
     assert_eq!(third.status, StatusCode::TOO_MANY_REQUESTS);
     let path = format!("/api/mcp/agents/{agent}/stream-http");
+    let platform = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+    assert_eq!(
+        post(&app.url("/mcp"), &app.tenant.key, platform)
+            .await
+            .status,
+        StatusCode::OK
+    );
     let logged = crate::common::eventually(Duration::from_secs(10), || async {
         let (_, page) = app.get("/api/v1/request-logs?limit=50").await;
-        let hits = page["data"]
-            .as_array()?
-            .iter()
-            .filter(|l| l["path"] == path.as_str())
-            .count();
-        (hits >= 3).then_some(())
+        let rows = page["data"].as_array()?;
+        let hits = rows.iter().filter(|l| l["path"] == path.as_str()).count();
+        let at_mcp = rows.iter().any(|l| l["path"] == "/mcp");
+        (hits >= 3 && at_mcp).then_some(())
     })
     .await;
     assert!(logged.is_some(), "MCP requests appear in the request log");
