@@ -172,7 +172,7 @@ async fn seed_000_javascript_request_gets_one_json_document() {
 }
 
 #[tokio::test]
-async fn a_run_past_the_chat_timeout_answers_its_run_id_and_an_approval_wait_says_so() {
+async fn a_run_past_the_chat_timeout_answers_its_run_id() {
     let app = TestApp::spawn_with(|c| c.chat_timeout = Duration::from_secs(1)).await;
     // No worker yet: the run stays queued past the timeout.
     let agent = echo_agent(&app).await;
@@ -193,32 +193,35 @@ async fn a_run_past_the_chat_timeout_answers_its_run_id_and_an_approval_wait_say
         .as_str()
         .unwrap()
         .contains("get_run"));
+}
 
+#[tokio::test]
+async fn a_run_waiting_for_approval_answers_at_once_and_says_so() {
+    let app = TestApp::spawn_with(|c| c.chat_timeout = Duration::from_secs(20)).await;
     let mut stack = Stack::new(&app);
     stack.worker();
     let gated = app
         .scripted_agent(json!([{"tool": "deploy", "arguments": {}, "result": "ok", "requires_approval": true}, {"reply": "deployed"}]))
         .await;
-    let app2_timeout = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            let a = post(
-                &stream_url(&app, &gated),
-                &app.tenant.key,
-                call(1, "send_message", json!({"message": "go"})),
-            )
-            .await;
-            let s = a.body["result"]["structuredContent"]["status"].clone();
-            if s == "waiting_approval" {
-                return a;
-            }
-            assert!(s == "queued" || s == "running", "{}", a.body);
-        }
-    });
-    let a = app2_timeout.await.expect("a run reaches waiting_approval");
-    let text = a.body["result"]["content"][0]["text"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let started = std::time::Instant::now();
+    let a = post(
+        &stream_url(&app, &gated),
+        &app.tenant.key,
+        call(1, "send_message", json!({"message": "go"})),
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "answered only at the chat timeout"
+    );
+    let r = &a.body["result"];
+    assert_eq!(
+        r["structuredContent"]["status"], "waiting_approval",
+        "{}",
+        a.body
+    );
+    assert_eq!(r["isError"], false);
+    let text = r["content"][0]["text"].as_str().unwrap();
     assert!(text.contains("approve"), "{text}");
 }
 

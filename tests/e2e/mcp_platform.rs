@@ -59,6 +59,21 @@ async fn python_client_uses_the_platform_server_in_both_eras() {
         assert_eq!(out["text"], "echo: hey", "{mode}: {out}");
         assert_eq!(out["structured"]["status"], "succeeded");
     }
+    let out = py_client(
+        &app.url("/mcp/sse"),
+        &key,
+        "sse",
+        "legacy",
+        "list_agents",
+        json!({}),
+    )
+    .await;
+    assert_eq!(out["tools"], json!(TOOLS), "sse: {out}");
+    assert_eq!(
+        out["structured"]["agents"][0]["id"],
+        agent.as_str(),
+        "sse: {out}"
+    );
 }
 
 #[tokio::test]
