@@ -23,6 +23,7 @@ mod dispatch;
 mod guard;
 mod jsonrpc;
 mod metadata;
+mod platform;
 mod sessions;
 mod sse;
 mod streamable;

@@ -1,6 +1,6 @@
 //! The tools. An agent's endpoint has `send_message` and `get_run`; the platform's has
-//! tools over agents, runs and approvals, each doing what its REST twin does through the
-//! same functions (so the same team and agent-restriction filters hold). Failures a caller
+//! tools over agents, runs and approvals (their bodies in [`super::platform`]), each doing
+//! what its REST twin does through the same functions. Failures a caller
 //! can act on come back as tool results with `isError`; bad arguments and unknown tools as
 //! JSON-RPC errors (-32602).
 
@@ -9,16 +9,16 @@ use std::time::Duration;
 use axum::http::HeaderMap;
 use serde_json::{json, Map, Value};
 
-use agentq_shared::approvals::{self, ApprovalFilter, Decided, Decision};
+use agentq_shared::approvals::Decision;
 use agentq_shared::ids::{AgentId, RunId};
 use agentq_shared::pagination::Cursor;
 use agentq_shared::runs::create::TriggerType;
-use agentq_shared::runs::{self, Run, RunFilter, RunStatus};
+use agentq_shared::runs::{Run, RunStatus};
 use agentq_shared::scopes::{Scope, ScopeSet};
 
 use super::dispatch::Progress;
 use super::jsonrpc::RpcError;
-use super::{Caller, Target};
+use super::{platform, Caller, Target};
 use crate::error::ApiError;
 use crate::triggers::{self, Trigger};
 
@@ -138,26 +138,26 @@ pub(crate) async fn call(
             .await
         }
         (_, "get_run") => get_run(c, a.id("run_id")?).await,
-        (Target::Platform, "list_agents") => list_agents(c, a.cursor()?).await,
+        (Target::Platform, "list_agents") => platform::list_agents(c, a.cursor()?).await,
         (Target::Platform, "get_agent") => {
             let agent = crate::agents::visible_agent(&c.state, &c.auth, a.id("agent_id")?).await;
             agent.map(|ag| json_result(json!(ag.view())))
         }
-        (Target::Platform, "send_signal") => send_signal(c, &a).await?,
-        (Target::Platform, "list_runs") => list_runs(c, &a).await?,
-        (Target::Platform, "list_approvals") => list_approvals(c, &a).await?,
-        (Target::Platform, "approve") => decide(c, &a, Decision::Approve).await?,
-        (Target::Platform, "reject") => decide(c, &a, Decision::Reject).await?,
+        (Target::Platform, "send_signal") => platform::send_signal(c, &a).await?,
+        (Target::Platform, "list_runs") => platform::list_runs(c, &a).await?,
+        (Target::Platform, "list_approvals") => platform::list_approvals(c, &a).await?,
+        (Target::Platform, "approve") => platform::decide(c, &a, Decision::Approve).await?,
+        (Target::Platform, "reject") => platform::decide(c, &a, Decision::Reject).await?,
         _ => return Err(RpcError::invalid_params(format!("Unknown tool: {name}"))),
     };
     Ok(outcome.unwrap_or_else(|e| tool_error(c, e)))
 }
 
 /// A tool's arguments, read with clear errors.
-struct Args<'a>(&'a Map<String, Value>);
+pub(super) struct Args<'a>(pub(super) &'a Map<String, Value>);
 
 impl Args<'_> {
-    fn opt_string(&self, k: &str) -> Result<Option<String>, RpcError> {
+    pub(super) fn opt_string(&self, k: &str) -> Result<Option<String>, RpcError> {
         match self.0.get(k) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -165,7 +165,7 @@ impl Args<'_> {
         }
     }
 
-    fn string(&self, k: &str) -> Result<String, RpcError> {
+    pub(super) fn string(&self, k: &str) -> Result<String, RpcError> {
         self.opt_string(k)?
             .filter(|s| !s.trim().is_empty())
             .ok_or_else(|| {
@@ -173,13 +173,13 @@ impl Args<'_> {
             })
     }
 
-    fn id<T: std::str::FromStr>(&self, k: &str) -> Result<T, RpcError> {
+    pub(super) fn id<T: std::str::FromStr>(&self, k: &str) -> Result<T, RpcError> {
         self.string(k)?
             .parse()
             .map_err(|_| RpcError::invalid_params(format!("{k} must be a UUID")))
     }
 
-    fn cursor(&self) -> Result<Cursor, RpcError> {
+    pub(super) fn cursor(&self) -> Result<Cursor, RpcError> {
         let limit = match self.0.get("limit") {
             None | Some(Value::Null) => None,
             Some(v) => Some(
@@ -193,7 +193,7 @@ impl Args<'_> {
 }
 
 /// A structured result with its JSON as text too, for clients that read only text.
-fn json_result(v: Value) -> Value {
+pub(super) fn json_result(v: Value) -> Value {
     let text = serde_json::to_string_pretty(&v).unwrap_or_default();
     let structured = if v.is_object() {
         v
@@ -222,7 +222,7 @@ fn tool_error(c: &Caller, e: ApiError) -> Value {
 /// The caller as the REST twin of a tool sees it. At `/mcp`, `mcp:tools` is the scope the
 /// tools need (seed 001: a key with it is all an MCP client is given), so starting a run
 /// there is allowed as `signals:write` would allow it; the agent restriction still holds.
-fn acting(c: &Caller) -> crate::auth::Auth {
+pub(super) fn acting(c: &Caller) -> crate::auth::Auth {
     let mut auth = c.auth.clone();
     if c.target == Target::Platform {
         auth.scopes = ScopeSet::new([Scope::SignalsWrite]);
@@ -292,151 +292,4 @@ fn run_result(run: &Run) -> Value {
         ),
     };
     json!({"content": [{"type": "text", "text": text}], "structuredContent": structured, "isError": is_error})
-}
-
-async fn list_agents(c: &Caller, cursor: Cursor) -> Result<Value, ApiError> {
-    let page = agentq_shared::agents::list(
-        &c.state.db,
-        c.auth.team_id(),
-        c.auth.agent_restriction(),
-        &cursor,
-    )
-    .await?;
-    let agents: Vec<Value> = page.data.iter().map(|a| json!(a.view())).collect();
-    Ok(json_result(
-        json!({"agents": agents, "next_cursor": page.next_cursor}),
-    ))
-}
-
-async fn send_signal(c: &Caller, a: &Args<'_>) -> Result<Result<Value, ApiError>, RpcError> {
-    let agent: AgentId = a.id("agent_id")?;
-    let kind = a.string("type")?.trim().to_owned();
-    if kind.len() > 200 {
-        return Err(RpcError::invalid_params("type must be 1 to 200 characters"));
-    }
-    let payload = a.0.get("payload").cloned().unwrap_or(Value::Null);
-    let signal = json!({"type": kind, "payload": payload});
-    let t = Trigger {
-        kind: TriggerType::Signal,
-        body: signal.clone(),
-        trigger: json!({"signal": signal, "via": "mcp"}),
-        input: signal,
-        audit_action: Some("signal.received"),
-    };
-    let created = triggers::trigger(&c.state, &acting(c), agent, &HeaderMap::new(), t).await;
-    Ok(created.map(|r| json_result(json!(r.run()))))
-}
-
-async fn list_runs(c: &Caller, a: &Args<'_>) -> Result<Result<Value, ApiError>, RpcError> {
-    let agent: AgentId = a.id("agent_id")?;
-    let status = match a.opt_string("status")? {
-        None => None,
-        Some(s) => Some(
-            s.parse::<RunStatus>()
-                .map_err(|_| RpcError::invalid_params("status is not a run status"))?,
-        ),
-    };
-    let cursor = a.cursor()?;
-    let filter = RunFilter {
-        status,
-        trigger: None,
-        from: None,
-        to: None,
-    };
-    let found = async {
-        if !c.auth.can_access_agent(agent)
-            || !agentq_shared::agents::exists_including_deleted(
-                &c.state.db,
-                c.auth.team_id(),
-                agent,
-            )
-            .await?
-        {
-            return Err(ApiError::not_found("Agent"));
-        }
-        let page =
-            runs::list_for_agent(&c.state.db, c.auth.team_id(), agent, &filter, &cursor).await?;
-        Ok(json_result(
-            json!({"runs": page.data, "next_cursor": page.next_cursor}),
-        ))
-    };
-    Ok(found.await)
-}
-
-async fn list_approvals(c: &Caller, a: &Args<'_>) -> Result<Result<Value, ApiError>, RpcError> {
-    let agent = match a.opt_string("agent_id")? {
-        None => None,
-        Some(_) => Some(a.id::<AgentId>("agent_id")?),
-    };
-    let filter = ApprovalFilter {
-        status: Some(
-            a.opt_string("status")?
-                .unwrap_or_else(|| "pending".to_owned()),
-        ),
-        agent_id: agent,
-        run_id: None,
-    };
-    let cursor = a.cursor()?;
-    let page = approvals::list(
-        &c.state.db,
-        c.auth.team_id(),
-        c.auth.agent_restriction(),
-        &filter,
-        &cursor,
-    )
-    .await;
-    Ok(page
-        .map(|p| json_result(json!({"approvals": p.data, "next_cursor": p.next_cursor})))
-        .map_err(ApiError::from))
-}
-
-async fn decide(
-    c: &Caller,
-    a: &Args<'_>,
-    decision: Decision,
-) -> Result<Result<Value, ApiError>, RpcError> {
-    let id: uuid::Uuid = a.id("approval_id")?;
-    let comment = a.opt_string("comment")?;
-    if comment.as_ref().is_some_and(|c| c.chars().count() > 2000) {
-        return Err(RpcError::invalid_params(
-            "comment must be at most 2000 characters",
-        ));
-    }
-    let done = async {
-        let found = approvals::get(&c.state.db, c.auth.team_id(), id).await?;
-        if !found.is_some_and(|ap| c.auth.can_access_agent(ap.agent_id)) {
-            return Err(ApiError::not_found("Approval"));
-        }
-        let decided = approvals::decide(
-            &c.state.db,
-            &c.state.queues,
-            c.auth.team_id(),
-            id,
-            decision,
-            c.auth.key.id,
-            comment.as_deref(),
-            c.auth.meta(),
-        )
-        .await?;
-        match decided {
-            Decided::Done(ap) => {
-                let _ = runs::doorbell::ring_watched(
-                    &mut c.state.redis.clone(),
-                    &c.state.keys,
-                    &[ap.run_id],
-                )
-                .await;
-                Ok(json_result(json!(ap)))
-            }
-            Decided::NotFound => Err(ApiError::not_found("Approval")),
-            Decided::NotPending(ap) => Err(ApiError::conflict(
-                "approval_not_pending",
-                format!(
-                    "This approval is {}; it cannot be decided again.",
-                    ap.status
-                ),
-            )),
-        }
-    };
-    Ok(done.await)
 }
