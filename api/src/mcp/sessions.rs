@@ -90,6 +90,17 @@ pub(crate) async fn close(c: &Caller, id: &str) -> Result<bool, redis::RedisErro
     Ok(true)
 }
 
+/// Keeps a session alive while its legacy SSE stream is open, however idle the client.
+pub(crate) async fn renew(state: &AppState, id: &str) {
+    let mut redis = state.redis.clone();
+    let _: Result<bool, _> = redis
+        .expire(key(state, id), IDLE_TTL.as_secs() as i64)
+        .await;
+}
+
+/// How often an open stream renews its session.
+pub(crate) const RENEW_EVERY: Duration = Duration::from_secs(IDLE_TTL.as_secs() / 4);
+
 /// Ends a session by id (a legacy SSE stream that closed).
 pub(crate) async fn forget(state: &AppState, id: &str) {
     let mut redis = state.redis.clone();

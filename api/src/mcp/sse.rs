@@ -85,6 +85,8 @@ async fn open(state: AppState, auth: Result<Auth, ApiError>, target: Target, uri
         let _forget = forget;
         yield Ok::<_, Infallible>(Event::default().event("endpoint").data(endpoint));
         let mut messages = pubsub.into_on_message();
+        let mut renew = tokio::time::interval(sessions::RENEW_EVERY);
+        renew.tick().await;
         loop {
             if *stopping.borrow() {
                 break;
@@ -96,6 +98,7 @@ async fn open(state: AppState, auth: Result<Auth, ApiError>, target: Target, uri
                     yield Ok(Event::default().event("message").data(text));
                 }
                 _ = stopping.changed() => {}
+                _ = renew.tick() => sessions::renew(&state, &id).await,
             }
         }
     };
