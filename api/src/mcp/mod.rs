@@ -8,11 +8,17 @@
 //! session, and the stateless 2026-07-28. A legacy SSE stream and the POSTs that feed it
 //! meet through Redis pub/sub ([`sse`]), so they may land on different replicas.
 //!
-//! Why not rmcp's server: its Streamable HTTP service keeps each session as a live task in
-//! the process that opened it (its `SessionManager` hands out in-memory transports), so a
-//! session cannot move to another replica, and it speaks neither `server/discover` nor the
-//! 2026-07-28 header rules. The JSON-RPC handling here is ours ([`jsonrpc`]), small, and
-//! shaped after the specification and the PyPI `mcp` 2.x server.
+//! Why not rmcp's server. rmcp 3.11 has a Streamable HTTP service that knows the
+//! 2026-07-28 rules and can restore a session on another instance from a `SessionStore`;
+//! it does not fit three needs here: in its session mode a request that is neither
+//! `initialize` nor carries `Mcp-Session-Id` is refused (400), which breaks seed 000's bare
+//! `POST`, while its sessionless mode has no sessions, so both eras plus that request would
+//! need our own routing in front of two rmcp services anyway; it has no server side of the
+//! legacy HTTP+SSE transport, which we need across replicas; and each answer must come from
+//! our own auth, agent reach (404 alike for foreign and unknown agents), rate limits and
+//! error envelope. So the JSON-RPC layer here is ours ([`jsonrpc`]), small, with plain
+//! `serde_json` values (rmcp is not a dependency of this crate), and shaped after the
+//! specification, rmcp's tower service and the PyPI `mcp` 2.x server.
 //!
 //! Requests go through the same layers as the REST API (request id, request log, body
 //! limit, panics caught) and the same key authentication and rate limits; [`guard`] adds
