@@ -193,6 +193,22 @@ async fn a_run_past_the_chat_timeout_answers_its_run_id() {
         .as_str()
         .unwrap()
         .contains("get_run"));
+    // A paused agent's run is held, and the answer says why.
+    let (st, _) = app
+        .post(&format!("/api/v1/agents/{agent}/pause"), json!({}))
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let a = post(
+        &stream_url(&app, &agent),
+        &app.tenant.key,
+        call(2, "send_message", json!({"message": "y"})),
+    )
+    .await;
+    let text = a.body["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(text.contains("paused"), "{text}");
 }
 
 #[tokio::test]
@@ -297,6 +313,40 @@ async fn sessions_opened_on_one_replica_are_served_by_another() {
             .status,
         StatusCode::NOT_FOUND
     );
+    // A session does not outlive its key: revoked through one API process, refused by another.
+    let (s, created) = app
+        .post(
+            "/api/v1/api-keys",
+            json!({"name": "short-lived", "scopes": ["signals:write"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    let doomed = created["key"].as_str().unwrap().to_owned();
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let opened = post(&a.url(&path), &doomed, init).await;
+    let sid = opened.headers["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let (s, _) = app
+        .post(
+            &format!(
+                "/api/v1/api-keys/{}/revoke",
+                created["id"].as_str().unwrap()
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let doomed_auth = format!("Bearer {doomed}");
+    let h = [
+        ("authorization", doomed_auth.as_str()),
+        ("mcp-session-id", sid.as_str()),
+    ];
+    let after = post_raw(&b.url(&path), &h, list.to_string()).await;
+    assert_eq!(after.status, StatusCode::UNAUTHORIZED, "{}", after.text);
+    assert_eq!(after.body["code"], "api_key_revoked");
 }
 
 /// Reads SSE events (`event`, `data`) from a streaming response until `want` of them came.

@@ -286,6 +286,10 @@ fn run_result(run: &Run) -> Value {
             format!("Run {id} is waiting for a person to approve a tool call; call get_run with run_id {id} later for the reply."),
             false,
         ),
+        RunStatus::Queued if run.held => (
+            format!("The agent is paused: run {id} waits for it to resume; call get_run with run_id {id} later for the reply."),
+            false,
+        ),
         RunStatus::Queued | RunStatus::Running => (
             format!("The agent is still working (run {id} is {}); call get_run with run_id {id} later for the reply.", run.status),
             false,
