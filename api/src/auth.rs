@@ -1,5 +1,5 @@
-//! Authentication and authorization. A key arrives as `Authorization: Bearer <key>` or
-//! `X-Api-Key: <key>`; it is hashed and looked up on every request, so a revocation written
+//! Authentication and authorization. A key arrives as `Authorization: Bearer <key>`,
+//! `Authorization: Token <key>` (seed 004's scheme) or `X-Api-Key: <key>`; it is hashed and looked up on every request, so a revocation written
 //! by any replica holds on every replica at once. `last_used_at` is noted in memory and
 //! written in batches (see [`crate::state::LastUsed`]).
 
@@ -104,16 +104,18 @@ pub(crate) fn positive(v: Option<i32>) -> Option<u32> {
     v.and_then(|n| u32::try_from(n).ok()).filter(|n| *n > 0)
 }
 
-/// The agent a request is aimed at: `/api/v1/agents/{id}/...`.
+/// The agent a request is aimed at: `/api/v1/agents/{id}/...` or its MCP endpoints,
+/// `/api/mcp/agents/{id}/...` (so agents' rate limits hold over MCP too).
 fn agent_in_path(path: &str) -> Option<AgentId> {
-    path.strip_prefix("/api/v1/agents/")?
+    path.strip_prefix("/api/v1/agents/")
+        .or_else(|| path.strip_prefix("/api/mcp/agents/"))?
         .split('/')
         .next()?
         .parse()
         .ok()
 }
 
-/// The key a request presents, from `Authorization: Bearer` or `X-Api-Key`. Credentials
+/// The key a request presents, from `Authorization: Bearer` (or `Token`) or `X-Api-Key`. Credentials
 /// that disagree are refused rather than one of them picked: two `Authorization` headers,
 /// two `X-Api-Key` headers, a bearer key and an `X-Api-Key` that differ, or another
 /// `Authorization` scheme (e.g. `Basic`) next to an `X-Api-Key`.
@@ -140,7 +142,7 @@ fn presented_key(parts: &Parts) -> Result<Option<&str>, ApiError> {
         Some(v) => {
             let v = v.to_str().map(str::trim).unwrap_or("");
             let (scheme, rest) = v.split_once(' ').unwrap_or((v, ""));
-            if scheme.eq_ignore_ascii_case("bearer") {
+            if scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token") {
                 Some(rest.trim())
             } else if x_key.is_some() {
                 return Err(conflict());

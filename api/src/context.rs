@@ -156,10 +156,12 @@ pub async fn request_context(State(state): State<AppState>, req: Request, next: 
     req.extensions_mut().insert(ctx.clone());
     let method = req.method().clone();
     let path = loggable_path(req.uri().path());
-    let logged = state
-        .request_logs
-        .clone()
-        .filter(|_| path.starts_with("/api/") || path.starts_with("/hooks/"));
+    let logged = state.request_logs.clone().filter(|_| {
+        path.starts_with("/api/")
+            || path.starts_with("/hooks/")
+            || path == "/mcp"
+            || path.starts_with("/mcp/")
+    });
     let user_agent = req
         .headers()
         .get("user-agent")

@@ -29,6 +29,7 @@ mod health;
 mod inbound;
 mod keys;
 mod limits;
+mod mcp;
 mod mcp_servers;
 mod notifications;
 pub mod ratelimit;
@@ -203,6 +204,7 @@ impl App {
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.body_limit;
     openapi::router(state.config.inbound_body_limit)
+        .merge(mcp::routes(state.clone()))
         .fallback(|| async { ApiError::from_status(axum::http::StatusCode::NOT_FOUND) })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::new())

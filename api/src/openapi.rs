@@ -52,7 +52,13 @@ stable strings (`api_key_invalid`, `insufficient_scope`, `rate_limited`, `valida
 `next_cursor` as `cursor` for the next page (`limit` 1 to 200, default 50).
 
 **Streams** are server-sent events: `event: step`, `id: <sequence>`, `data: <step>`, then \
-`event: done`; reconnect with `Last-Event-ID` to continue where you left off.";
+`event: done`; reconnect with `Last-Event-ID` to continue where you left off.
+
+**MCP.** Every agent is also an MCP server (JSON-RPC, not described here): \
+`/api/mcp/agents/{agent_id}/stream-http` (Streamable HTTP, protocol 2025-11-25 and \
+2026-07-28) and `/api/mcp/agents/{agent_id}/sse` (legacy HTTP+SSE), with the tools \
+`send_message` and `get_run` (scope `signals:write`); the platform's MCP server is `/mcp` \
+(scope `mcp:tools`). `Authorization: Token <key>` is accepted like `Bearer`.";
 
 /// The parts of the document that are not per route.
 #[derive(OpenApi)]

@@ -97,12 +97,12 @@ struct ChatPending {
 }
 
 /// A trigger's kind, body and what it records.
-struct Trigger {
-    kind: TriggerType,
-    body: Value,
-    trigger: Value,
-    input: Value,
-    audit_action: Option<&'static str>,
+pub(crate) struct Trigger {
+    pub(crate) kind: TriggerType,
+    pub(crate) body: Value,
+    pub(crate) trigger: Value,
+    pub(crate) input: Value,
+    pub(crate) audit_action: Option<&'static str>,
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -121,7 +121,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 }
 
 /// Records and enqueues a run for a trigger; 404 for agents the key cannot see.
-async fn trigger(
+pub(crate) async fn trigger(
     state: &AppState,
     auth: &Auth,
     agent_id: AgentId,
@@ -275,31 +275,47 @@ async fn chat(
         .unwrap_or(max)
         .min(max);
     let created = trigger(&state, &auth, id, &headers, chat_trigger(&body)?).await?;
-    let run_id = created.run().id;
+    let run = wait_for_run(&state, &auth, created.run().id, wait, false, &mut |_| {}).await?;
+    if run.status.is_terminal() {
+        let body = ChatReply {
+            run_id: run.id,
+            status: run.status,
+            output: run.output,
+            error: run.error,
+        };
+        return Ok((StatusCode::OK, Json(body)).into_response());
+    }
+    let body = ChatPending {
+        run_id: run.id,
+        status: run.status,
+        output: None,
+    };
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// Waits until the run ends or `wait` passes, and answers it as last read. Every wakeup
+/// (a doorbell, or a second without one) calls `tick` with the run as read, so callers can
+/// report progress. With `stop_at_approval`, a run that waits for a person answers at once.
+pub(crate) async fn wait_for_run(
+    state: &AppState,
+    auth: &Auth,
+    run_id: RunId,
+    wait: Duration,
+    stop_at_approval: bool,
+    tick: &mut (dyn FnMut(&Run) + Send),
+) -> Result<Run, ApiError> {
     let mut sub = state.hub.subscribe(run_id).await;
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let run = runs::get(&state.db, auth.team_id(), run_id)
             .await?
             .ok_or_else(|| ApiError::not_found("Run"))?;
-        if run.status.is_terminal() {
-            let body = ChatReply {
-                run_id: run.id,
-                status: run.status,
-                output: run.output,
-                error: run.error,
-            };
-            return Ok((StatusCode::OK, Json(body)).into_response());
+        let parked = stop_at_approval && run.status == RunStatus::WaitingApproval;
+        if run.status.is_terminal() || parked || tokio::time::Instant::now() >= deadline {
+            return Ok(run);
         }
+        tick(&run);
         let now = tokio::time::Instant::now();
-        if now >= deadline {
-            let body = ChatPending {
-                run_id: run.id,
-                status: run.status,
-                output: None,
-            };
-            return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
-        }
         sub.wait((deadline - now).min(Duration::from_secs(1))).await;
     }
 }

@@ -3,6 +3,7 @@
 //! multi-process tests, and HTTP helpers. Nothing of ours is mocked.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod mcp;
 pub mod procs;
 pub mod proxy;
 pub mod py_mcp;
