@@ -2,14 +2,18 @@
 //! SQL, JSON and messages), `FromStr`, `Display`, and sqlx encoding as `text` / `text[]`, so
 //! a value read from or written to the database is always one of the enum's variants.
 
-/// Declares a closed set stored as text: `text_enum! { /// doc  pub enum Name { /// doc Variant = "variant", ... } }`.
+/// Declares a closed set stored as text (its strings must be the variants' names in
+/// snake_case): `text_enum! { /// doc  pub enum Name { /// doc Variant = "variant", ... } }`.
 #[macro_export]
 macro_rules! text_enum {
     ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $s:literal),+ $(,)? }) => {
         $(#[$meta])*
+        // The string forms are the variants' names in snake_case (serde and utoipa read
+        // `rename_all`; the test below holds `as_str` to the same strings).
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+        #[serde(rename_all = "snake_case")]
         pub enum $name {
-            $($(#[$vmeta])* #[serde(rename = $s)] $variant),+
+            $($(#[$vmeta])* $variant),+
         }
 
         impl $name {
@@ -74,4 +78,45 @@ macro_rules! text_enum {
             }
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::runs::create::TriggerType;
+    use crate::runs::steps::{Role, StepKind};
+    use crate::runs::RunStatus;
+
+    fn same_strings<T>(all: &[T])
+    where
+        T: serde::Serialize + std::fmt::Display + std::str::FromStr + PartialEq + std::fmt::Debug,
+        <T as std::str::FromStr>::Err: std::fmt::Debug,
+    {
+        for v in all {
+            let json = serde_json::to_value(v).unwrap();
+            assert_eq!(json, serde_json::Value::String(v.to_string()), "{v:?}");
+            assert_eq!(&v.to_string().parse::<T>().unwrap(), v);
+        }
+    }
+
+    #[test]
+    fn json_sql_and_display_strings_are_the_same() {
+        same_strings(RunStatus::ALL);
+        same_strings(StepKind::ALL);
+        same_strings(Role::ALL);
+        same_strings(TriggerType::ALL);
+    }
+
+    #[test]
+    fn the_openapi_schema_lists_the_same_strings() {
+        use utoipa::PartialSchema;
+        let schema = serde_json::to_value(RunStatus::schema()).unwrap();
+        let listed: Vec<String> = schema["enum"]
+            .as_array()
+            .expect("an enum schema")
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect();
+        let ours: Vec<String> = RunStatus::ALL.iter().map(|s| s.to_string()).collect();
+        assert_eq!(listed, ours);
+    }
 }
