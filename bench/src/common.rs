@@ -11,7 +11,7 @@ use crate::runs::{scan_logs, Api};
 use crate::stack::Stack;
 
 /// Jobs each worker process runs at once (as in the `runs` scenario).
-pub(crate) const WORKER_CONCURRENCY: &str = "32";
+pub(crate) const WORKER_CONCURRENCY: &str = "1024";
 
 /// Creates an agent from a complete body; returns its id.
 pub(crate) async fn create_agent(api: &Api, body: &Value) -> anyhow::Result<String> {

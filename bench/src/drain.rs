@@ -57,7 +57,7 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=32))]
     workers: u64,
     /// AGENTQ_WORKER_CONCURRENCY of each worker (and the BullMQ workers' concurrency).
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     worker_concurrency: u64,
     /// Agents the runs are spread over, round-robin.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10_000))]

@@ -32,7 +32,7 @@ use crate::stack::{self, Stack};
 use crate::stats::{self, PgDbStats, PgStatStatements, PG_STATS_SETTLE};
 
 /// Jobs each worker process runs at once.
-const WORKER_CONCURRENCY: &str = "32";
+const WORKER_CONCURRENCY: &str = "1024";
 /// Runs of the warm-up before measuring (and before the counted burst).
 const WARMUP_RUNS: u64 = 64;
 /// How often the drain wait polls Postgres.
@@ -60,7 +60,7 @@ pub(crate) struct Args {
     /// Offered runs per second in the steady phase (open loop).
     #[arg(long, default_value_t = 200.0, value_parser = positive_rate)]
     rate: f64,
-    /// `agentq worker` processes (each with AGENTQ_WORKER_CONCURRENCY=32).
+    /// `agentq worker` processes (each with AGENTQ_WORKER_CONCURRENCY=1024).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=32))]
     workers: u64,
     /// LPUSH → BRPOP hand-offs of the Redis baseline.

@@ -236,7 +236,7 @@ pub(crate) enum RedisDownArg {
 #[derive(Args, Debug, Clone)]
 pub(crate) struct WorkerArgs {
     /// Jobs this process executes at once.
-    #[arg(long, env = "AGENTQ_WORKER_CONCURRENCY", default_value_t = 256)]
+    #[arg(long, env = "AGENTQ_WORKER_CONCURRENCY", default_value_t = 1024)]
     pub(crate) concurrency: usize,
 
     /// A queue entry unacknowledged this long is reclaimed from its (dead) worker (seconds).
