@@ -177,7 +177,9 @@ impl FromRequestParts<AppState> for Auth {
         if !keys::looks_like_key(secret) {
             return Err(invalid());
         }
-        let found = keys::find_by_secret(&state.db, secret)
+        let found = state
+            .key_lookup
+            .find(secret)
             .await?
             .ok_or_else(invalid)?;
         let key = found.key;

@@ -125,8 +125,10 @@ impl App {
             queues.clone(),
             (config.store.db_max_connections as usize / 3).max(1),
         );
+        let key_lookup = crate::state::KeyLookup::new(db.clone(), 2);
         let state = AppState {
             creator,
+            key_lookup,
             hub: Arc::new(Hub::new(redis.clone(), keys.clone())),
             db,
             redis,

@@ -34,6 +34,8 @@ pub struct AppState {
     pub queues: Queues,
     /// Group-commits triggers into runs.
     pub creator: Creator,
+    /// Looks up presented API keys, many requests' in one statement.
+    pub key_lookup: KeyLookup,
     /// Encrypts stored secrets.
     pub keyring: Keyring,
     /// Run doorbells.
@@ -136,5 +138,37 @@ impl LastUsed {
             tick.tick().await;
             self.flush(&db).await;
         }
+    }
+}
+
+/// Batched key lookups: every request in flight shares one `SELECT ... WHERE key_hash =
+/// ANY(...)` (and one connection checkout) instead of one each. Nothing is cached, so a
+/// revocation is seen by the very next lookup on every replica.
+#[derive(Clone, Debug)]
+pub struct KeyLookup {
+    batcher: agentq_shared::batch::Batcher<String, Option<keys::AuthKey>>,
+}
+
+impl KeyLookup {
+    /// Starts `lanes` lookup tasks on `db`.
+    pub fn new(db: PgPool, lanes: usize) -> Self {
+        let batcher = agentq_shared::batch::Batcher::spawn(
+            "key_lookup",
+            lanes,
+            512,
+            move |secrets: Vec<String>| {
+                let db = db.clone();
+                async move { Ok(keys::find_many_by_secret(&db, &secrets).await?) }
+            },
+        );
+        Self { batcher }
+    }
+
+    /// The key a secret belongs to, if any.
+    pub async fn find(
+        &self,
+        secret: &str,
+    ) -> Result<Option<keys::AuthKey>, agentq_shared::batch::BatchError> {
+        self.batcher.call(secret.to_owned()).await
     }
 }
