@@ -177,11 +177,7 @@ impl FromRequestParts<AppState> for Auth {
         if !keys::looks_like_key(secret) {
             return Err(invalid());
         }
-        let found = state
-            .key_lookup
-            .find(secret)
-            .await?
-            .ok_or_else(invalid)?;
+        let found = state.key_lookup.find(secret).await?.ok_or_else(invalid)?;
         let key = found.key;
         if key.revoked_at.is_some() {
             return Err(ApiError::unauthorized(

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use sqlx::{PgConnection, PgPool};
 
-use super::write::{write_rounds, StepWrite};
+use super::write::{step_rows_sql, StepRows, StepWrite};
 use super::{Lease, RunStatus};
 use crate::batch::BatchError;
 use crate::ids::{AgentId, RunId};
@@ -91,12 +91,16 @@ pub(super) async fn finish_batch(
     queues: &Queues,
     endings: &[Ending],
 ) -> Result<Vec<bool>, BatchError> {
+    // One ending per run per statement: a duplicate (which cannot apply anyway, the run
+    // ends once) is answered false.
+    let mut seen = std::collections::HashSet::new();
+    let distinct: Vec<Ending> = endings
+        .iter()
+        .filter(|e| seen.insert(e.run))
+        .cloned()
+        .collect();
     let mut tx = pool.begin().await?;
-    let tails: Vec<&StepWrite> = endings.iter().filter_map(|e| e.steps.as_ref()).collect();
-    if !tails.is_empty() {
-        write_rounds(&mut tx, &tails).await?;
-    }
-    let (ended, outbox) = end_in(&mut tx, endings, &[RunStatus::Running]).await?;
+    let (ended, outbox) = end_in(&mut tx, &distinct, &[RunStatus::Running]).await?;
     let unparked = release_slots(&mut tx, &per_agent(&ended)).await?;
     tx.commit().await?;
     super::create::enqueue_many(&queues.runs, &payloads(&unparked)).await;
@@ -129,23 +133,49 @@ pub async fn end_in(
     let statuses: Vec<RunStatus> = endings.iter().map(|e| e.status).collect();
     let outputs: Vec<Option<&str>> = endings.iter().map(|e| e.output.as_deref()).collect();
     let errors: Vec<Option<&str>> = endings.iter().map(|e| e.error.as_deref()).collect();
+    // A worker's last steps are written by the same statement (its lease is the ending's).
+    let tails: Vec<Option<&StepWrite>> = endings.iter().map(|e| e.steps.as_ref()).collect();
+    let counts: Vec<i32> = tails
+        .iter()
+        .map(|t| t.map_or(0, |w| w.steps.len() as i32))
+        .collect();
+    let positions: Vec<Option<i32>> = tails.iter().map(|t| t.map(|w| w.position)).collect();
+    let tail_outputs: Vec<Option<&str>> = tails
+        .iter()
+        .map(|t| t.and_then(|w| w.output.as_deref()))
+        .collect();
+    let tool_calls: Vec<i32> = tails
+        .iter()
+        .map(|t| t.map_or(0, |w| w.tool_calls()))
+        .collect();
+    let step_rows = StepRows::of(tails.iter().flatten().copied());
     // Every ending's guard is the same set (an ending's status never widens `from`), so one
     // array serves the statement.
     let guard: Vec<&str> = guards.into_iter().next().unwrap_or_default();
-    let ended: Vec<Run> = sqlx::query_as(&format!(
+    let sql = format!(
         "WITH d AS (
-            SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[])
-                AS d(id, attempt, status, output, error)
+            SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[],
+                                 $7::int[], $8::int[], $9::text[], $10::int[])
+                AS d(id, attempt, status, output, error, n, position, tail_output, tool_calls)
          ), f AS (
-            UPDATE runs r SET status = d.status, finished_at = now(), output = coalesce(d.output, r.output),
+            UPDATE runs r SET status = d.status, finished_at = now(),
+                   output = coalesce(d.output, d.tail_output, r.output),
                    error = d.error, cancel_requested = false, held = false, parked = false,
+                   next_seq = r.next_seq + d.n, script_pos = coalesce(d.position, r.script_pos),
+                   tool_calls = r.tool_calls + d.tool_calls,
                    usage = CASE WHEN r.started_at IS NULL THEN NULL ELSE jsonb_build_object(
                        'duration_ms', (extract(epoch FROM now() - r.started_at) * 1000)::bigint,
-                       'steps', r.next_seq - 1, 'tool_calls', r.tool_calls,
+                       'steps', r.next_seq + d.n - 1, 'tool_calls', r.tool_calls + d.tool_calls,
                        'input_tokens', r.input_tokens, 'output_tokens', r.output_tokens) END
             FROM d
             WHERE r.id = d.id AND (d.attempt IS NULL OR r.attempts = d.attempt) AND r.status = ANY($6)
-            RETURNING r.*
+            RETURNING r.*, r.next_seq - d.n AS first_seq
+         ), ins AS (
+            INSERT INTO run_steps (id, run_id, seq, team_id, agent_id, kind, role, content, tool_name,
+                                   tool_call_id, arguments, result)
+            SELECT s.id, f.id, f.first_seq + s.idx, f.team_id, f.agent_id, s.kind, s.role, s.content,
+                   s.tool_name, s.tool_call_id, s.arguments, s.result
+            FROM {steps} JOIN f ON f.id = s.run_id
          ), u AS (
             INSERT INTO usage_records (run_id, team_id, agent_id, status, duration_ms, steps, tool_calls,
                                        input_tokens, output_tokens)
@@ -160,16 +190,21 @@ pub async fn end_in(
             FROM f JOIN agents a ON a.id = f.agent_id
             WHERE f.status IN ('failed', 'timed_out')
          )
-         SELECT {RUN_COLUMNS} FROM f"
-    ))
-    .bind(&ids)
-    .bind(&attempts)
-    .bind(&statuses)
-    .bind(&outputs)
-    .bind(&errors)
-    .bind(&guard)
-    .fetch_all(&mut *conn)
-    .await?;
+         SELECT {RUN_COLUMNS} FROM f",
+        steps = step_rows_sql(11)
+    );
+    let query = sqlx::query_as(&sql)
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(&statuses)
+        .bind(&outputs)
+        .bind(&errors)
+        .bind(&guard)
+        .bind(&counts)
+        .bind(&positions)
+        .bind(&tail_outputs)
+        .bind(&tool_calls);
+    let ended: Vec<Run> = step_rows.bind(query).fetch_all(&mut *conn).await?;
     let events: Vec<NewEvent> = ended
         .iter()
         .map(|r| NewEvent::of_run(event_type(r.status), r))

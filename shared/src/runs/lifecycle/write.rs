@@ -60,6 +60,90 @@ pub struct StepWrite {
     pub steps: Vec<NewStep>,
 }
 
+impl StepWrite {
+    /// How many of its steps are tool calls (runs count them for their usage).
+    pub(crate) fn tool_calls(&self) -> i32 {
+        self.steps
+            .iter()
+            .filter(|s| s.kind == StepKind::ToolCall)
+            .count() as i32
+    }
+}
+
+/// The steps of some writes as the ten arrays a statement inserts from, bound last (after
+/// `first` other parameters), in the order `INSERT_STEPS` expects.
+pub(crate) struct StepRows<'a> {
+    ids: Vec<Uuid>,
+    runs: Vec<RunId>,
+    idx: Vec<i32>,
+    kinds: Vec<StepKind>,
+    roles: Vec<Role>,
+    contents: Vec<Option<&'a str>>,
+    tools: Vec<Option<&'a str>>,
+    call_ids: Vec<Option<&'a str>>,
+    args: Vec<Option<&'a Value>>,
+    results: Vec<Option<&'a Value>>,
+}
+
+impl<'a> StepRows<'a> {
+    pub(crate) fn of(writes: impl Iterator<Item = &'a StepWrite>) -> Self {
+        let steps: Vec<(RunId, i32, &NewStep)> = writes
+            .flat_map(|w| {
+                w.steps
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, s)| (w.lease.run, i as i32, s))
+            })
+            .collect();
+        Self {
+            ids: steps.iter().map(|_| Uuid::now_v7()).collect(),
+            runs: steps.iter().map(|s| s.0).collect(),
+            idx: steps.iter().map(|s| s.1).collect(),
+            kinds: steps.iter().map(|s| s.2.kind).collect(),
+            roles: steps.iter().map(|s| s.2.role).collect(),
+            contents: steps.iter().map(|s| s.2.content.as_deref()).collect(),
+            tools: steps.iter().map(|s| s.2.tool_name.as_deref()).collect(),
+            call_ids: steps.iter().map(|s| s.2.tool_call_id.as_deref()).collect(),
+            args: steps.iter().map(|s| s.2.arguments.as_ref()).collect(),
+            results: steps.iter().map(|s| s.2.result.as_ref()).collect(),
+        }
+    }
+
+    pub(crate) fn bind<'q, O>(
+        &'q self,
+        q: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+        q.bind(&self.ids)
+            .bind(&self.runs)
+            .bind(&self.idx)
+            .bind(&self.kinds)
+            .bind(&self.roles)
+            .bind(&self.contents)
+            .bind(&self.tools)
+            .bind(&self.call_ids)
+            .bind(&self.args)
+            .bind(&self.results)
+    }
+}
+
+/// The steps' rows, from the arrays [`StepRows`] binds at `$n..$n+9`, as
+/// `s(id, run_id, idx, kind, role, content, tool_name, tool_call_id, arguments, result)`.
+pub(crate) fn step_rows_sql(n: usize) -> String {
+    let types = [
+        "uuid[]", "uuid[]", "int[]", "text[]", "text[]", "text[]", "text[]", "text[]", "jsonb[]",
+        "jsonb[]",
+    ];
+    let args: Vec<String> = types
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("${}::{t}", n + i))
+        .collect();
+    format!(
+        "unnest({}) AS s(id, run_id, idx, kind, role, content, tool_name, tool_call_id, arguments, result)",
+        args.join(", ")
+    )
+}
+
 /// Outcome of a write under a lease.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Written {
@@ -117,35 +201,9 @@ pub(crate) async fn write_in(
     let counts: Vec<i32> = writes.iter().map(|w| w.steps.len() as i32).collect();
     let positions: Vec<i32> = writes.iter().map(|w| w.position).collect();
     let outputs: Vec<Option<&str>> = writes.iter().map(|w| w.output.as_deref()).collect();
-    let tool_calls: Vec<i32> = writes
-        .iter()
-        .map(|w| {
-            w.steps
-                .iter()
-                .filter(|s| s.kind == StepKind::ToolCall)
-                .count() as i32
-        })
-        .collect();
-    let steps: Vec<(RunId, i32, &NewStep)> = writes
-        .iter()
-        .flat_map(|w| {
-            w.steps
-                .iter()
-                .enumerate()
-                .map(move |(i, s)| (w.lease.run, i as i32, s))
-        })
-        .collect();
-    let step_ids: Vec<Uuid> = steps.iter().map(|_| Uuid::now_v7()).collect();
-    let step_runs: Vec<RunId> = steps.iter().map(|s| s.0).collect();
-    let step_idx: Vec<i32> = steps.iter().map(|s| s.1).collect();
-    let kinds: Vec<StepKind> = steps.iter().map(|s| s.2.kind).collect();
-    let roles: Vec<Role> = steps.iter().map(|s| s.2.role).collect();
-    let contents: Vec<Option<&str>> = steps.iter().map(|s| s.2.content.as_deref()).collect();
-    let tools: Vec<Option<&str>> = steps.iter().map(|s| s.2.tool_name.as_deref()).collect();
-    let call_ids: Vec<Option<&str>> = steps.iter().map(|s| s.2.tool_call_id.as_deref()).collect();
-    let args: Vec<Option<&Value>> = steps.iter().map(|s| s.2.arguments.as_ref()).collect();
-    let results: Vec<Option<&Value>> = steps.iter().map(|s| s.2.result.as_ref()).collect();
-    let rows: Vec<(RunId, i32, bool)> = sqlx::query_as(
+    let tool_calls: Vec<i32> = writes.iter().map(|w| w.tool_calls()).collect();
+    let rows_of_steps = StepRows::of(writes.iter().copied());
+    let sql = format!(
         "WITH d AS (
             SELECT * FROM unnest($1::uuid[], $2::int[], $3::int[], $4::int[], $5::text[], $6::int[])
                 AS d(id, attempt, n, position, output, tool_calls)
@@ -159,31 +217,20 @@ pub(crate) async fn write_in(
             INSERT INTO run_steps (id, run_id, seq, team_id, agent_id, kind, role, content, tool_name, tool_call_id, arguments, result)
             SELECT s.id, r.id, r.first_seq + s.idx, r.team_id, r.agent_id, s.kind, s.role, s.content,
                    s.tool_name, s.tool_call_id, s.arguments, s.result
-            FROM unnest($7::uuid[], $8::uuid[], $9::int[], $10::text[], $11::text[], $12::text[], $13::text[],
-                        $14::text[], $15::jsonb[], $16::jsonb[])
-                 AS s(id, run_id, idx, kind, role, content, tool_name, tool_call_id, arguments, result)
+            FROM {steps}
             JOIN r ON r.id = s.run_id
          )
          SELECT id, first_seq, cancel_requested FROM r",
-    )
-    .bind(&runs)
-    .bind(&attempts)
-    .bind(&counts)
-    .bind(&positions)
-    .bind(&outputs)
-    .bind(&tool_calls)
-    .bind(&step_ids)
-    .bind(&step_runs)
-    .bind(&step_idx)
-    .bind(&kinds)
-    .bind(&roles)
-    .bind(&contents)
-    .bind(&tools)
-    .bind(&call_ids)
-    .bind(&args)
-    .bind(&results)
-    .fetch_all(&mut *conn)
-    .await?;
+        steps = step_rows_sql(7)
+    );
+    let query = sqlx::query_as(&sql)
+        .bind(&runs)
+        .bind(&attempts)
+        .bind(&counts)
+        .bind(&positions)
+        .bind(&outputs)
+        .bind(&tool_calls);
+    let rows: Vec<(RunId, i32, bool)> = rows_of_steps.bind(query).fetch_all(&mut *conn).await?;
     let by_run: HashMap<RunId, (i32, bool)> =
         rows.into_iter().map(|(id, s, c)| (id, (s, c))).collect();
     Ok(runs
