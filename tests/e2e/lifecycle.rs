@@ -138,6 +138,8 @@ fn reply(lease: Lease, text: &str) -> StepWrite {
         lease,
         position: 1,
         output: Some(text.to_owned()),
+        input_tokens: 0,
+        output_tokens: 0,
         steps: vec![NewStep::new(
             StepKind::Message,
             Role::Assistant,

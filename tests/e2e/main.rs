@@ -17,6 +17,7 @@ mod http_runtime;
 mod inbound;
 mod key_privileges;
 mod lifecycle;
+mod llm;
 mod mcp_agents;
 mod mcp_integrations;
 mod mcp_platform;

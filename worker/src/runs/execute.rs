@@ -102,6 +102,8 @@ struct Cursor {
     /// action at once, so its steps are written with the next write that must happen anyway
     /// (a sleep, an approval, the finish) instead of one write each.
     pending: Vec<NewStep>,
+    /// Model tokens of the pending steps (input, output).
+    tokens: (i64, i64),
 }
 
 impl Cursor {
@@ -115,6 +117,8 @@ impl Cursor {
             position: self.position,
             output: self.last_reply.clone(),
             steps: std::mem::take(&mut self.pending),
+            input_tokens: self.tokens.0,
+            output_tokens: std::mem::take(&mut self.tokens).1,
         })
     }
 }
@@ -144,6 +148,7 @@ async fn run_steps(
         history: Vec::new(),
         reads_history: true,
         pending: Vec::new(),
+        tokens: (0, 0),
     };
     let end = step_loop(ctx, lease, run, agent, signal, &mut cur).await;
     *tail = cur.take_pending(lease);
@@ -162,7 +167,7 @@ async fn step_loop(
     run.attempts = lease.attempt;
     run.status = RunStatus::Running;
     let policy: Policy = agent.policy();
-    let mut runtime = match AnyRuntime::for_agent(agent, &ctx.http) {
+    let mut runtime = match AnyRuntime::for_agent(agent, ctx) {
         Ok(r) => r,
         Err(e) => return Ok(End::Finished(RunStatus::Failed, None, Some(e.0))),
     };
@@ -171,7 +176,7 @@ async fn step_loop(
     // still lack it.
     if run.next_seq == 1 {
         let first = step(StepKind::Input, Role::User, input_text(&run.input));
-        if let Flow::Stop(end) = write(ctx, lease, cur.position, None, vec![first]).await? {
+        if let Flow::Stop(end) = write(ctx, lease, cur.position, None, vec![first], (0, 0)).await? {
             return Ok(end);
         }
     }
@@ -268,6 +273,39 @@ async fn step_loop(
                     },
                 ]
             }
+            Action::Model {
+                text,
+                calls,
+                input_tokens,
+                output_tokens,
+            } => {
+                cur.tokens.0 += input_tokens;
+                cur.tokens.1 += output_tokens;
+                let mut v = Vec::with_capacity(calls.len() + 1);
+                if let Some(text) = text {
+                    if calls.is_empty() {
+                        cur.last_reply = Some(text.clone());
+                    }
+                    v.push(step(StepKind::Message, Role::Assistant, Some(text)));
+                }
+                v.extend(calls.into_iter().map(|c| NewStep {
+                    tool_name: Some(c.name),
+                    tool_call_id: Some(c.id),
+                    arguments: Some(c.arguments),
+                    ..step(StepKind::ToolCall, Role::Assistant, None)
+                }));
+                v
+            }
+            Action::ToolResult {
+                call_id,
+                name,
+                result,
+            } => vec![NewStep {
+                tool_name: Some(name),
+                tool_call_id: Some(call_id),
+                result: Some(result),
+                ..step(StepKind::ToolResult, Role::Tool, None)
+            }],
             Action::Sleep(d) => {
                 // Whatever happened before the pause is shown during it.
                 if let Flow::Stop(end) = flush(ctx, lease, cur).await? {
@@ -323,7 +361,8 @@ async fn flush(ctx: &Ctx, lease: &Lease, cur: &mut Cursor) -> Result<Flow, JobEr
 async fn flush_always(ctx: &Ctx, lease: &Lease, cur: &mut Cursor) -> Result<Flow, JobError> {
     let steps = std::mem::take(&mut cur.pending);
     let output = cur.last_reply.clone();
-    write(ctx, lease, cur.position, output.as_deref(), steps).await
+    let tokens = std::mem::take(&mut cur.tokens);
+    write(ctx, lease, cur.position, output.as_deref(), steps, tokens).await
 }
 
 fn cancelled(output: Option<String>) -> End {
@@ -356,12 +395,15 @@ async fn write(
     position: i32,
     output: Option<&str>,
     new: Vec<NewStep>,
+    (input_tokens, output_tokens): (i64, i64),
 ) -> Result<Flow, JobError> {
     let w = StepWrite {
         lease: *lease,
         position,
         output: output.map(str::to_owned),
         steps: new,
+        input_tokens,
+        output_tokens,
     };
     match ctx.lifecycle.write(w).await? {
         Written::Lost => Ok(Flow::Stop(End::Lost)),

@@ -48,6 +48,8 @@ pub async fn wait_for_approval(
         lease: *lease,
         position: req.position,
         output: None,
+        input_tokens: 0,
+        output_tokens: 0,
         steps: vec![
             NewStep {
                 tool_name: Some(req.tool.to_owned()),
@@ -174,6 +176,8 @@ pub async fn apply_decision(
         lease: *lease,
         position: d.position + 1,
         output: None,
+        input_tokens: 0,
+        output_tokens: 0,
         steps: vec![NewStep {
             tool_name: Some(d.tool.clone()),
             tool_call_id: Some(d.tool_call_id.clone()),
