@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use futures::StreamExt;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::common::py_mcp::PyMcp;
@@ -406,6 +406,114 @@ async fn a_run_calls_tools_through_a_real_mcp_server_and_answers_with_their_resu
     assert_eq!(st, StatusCode::OK, "{u}");
     assert_eq!(u["totals"]["input_tokens"], 250, "{u}");
     assert_eq!(u["totals"]["output_tokens"], 27, "{u}");
+}
+
+/// Reads SSE events until `stop` says so.
+async fn read_events(
+    resp: reqwest::Response,
+    stop: impl Fn(&str, &Value) -> bool,
+) -> Vec<(String, Value)> {
+    let mut body = resp.bytes_stream();
+    let mut buf = String::new();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + FINISH;
+    loop {
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let (mut event, mut data) = (String::from("message"), String::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    event = v.trim().to_owned();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim());
+                }
+            }
+            if data.is_empty() {
+                continue;
+            }
+            let data: Value = serde_json::from_str(&data).unwrap_or(Value::String(data));
+            let stop_now = stop(&event, &data);
+            out.push((event, data));
+            if stop_now {
+                return out;
+            }
+        }
+        match tokio::time::timeout_at(deadline, body.next()).await {
+            Ok(Some(Ok(b))) => buf.push_str(&String::from_utf8_lossy(&b)),
+            _ => return out,
+        }
+    }
+}
+
+#[tokio::test]
+async fn chat_stream_carries_token_events_as_the_model_writes_then_one_step() {
+    let s = Setup::new().await;
+    let model = FakeModel::start(|_, _| Reply::Stream {
+        chunks: text(&["Hello", " there", ", friend"], (10, 3))
+            .iter()
+            .map(Value::to_string)
+            .collect(),
+        done: true,
+        gap: Duration::from_millis(300),
+    })
+    .await;
+    let agent = s.agent(&model, json!({"mcp_server_ids": []})).await;
+    let resp = s
+        .app
+        .req(Method::POST, &format!("/api/v1/agents/{agent}/chat/stream"))
+        .json(&json!({"message": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let events = read_events(resp, |e, _| e == "done").await;
+    let run = events.last().unwrap().1["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let tokens: Vec<&Value> = events
+        .iter()
+        .filter(|(e, _)| e == "token")
+        .map(|(_, d)| d)
+        .collect();
+    assert!(!tokens.is_empty(), "token events: {events:?}");
+    for t in &tokens {
+        assert_eq!(t["run_id"], run.as_str(), "{t}");
+    }
+    let streamed: String = tokens
+        .iter()
+        .map(|t| t["delta"].as_str().unwrap())
+        .collect();
+    assert!(
+        "Hello there, friend".ends_with(&streamed) && streamed.ends_with(", friend"),
+        "the deltas as they came (the stream may open after the first): {streamed:?}"
+    );
+    let message_at = events
+        .iter()
+        .position(|(e, d)| e == "step" && d["kind"] == "message")
+        .expect("the message step");
+    let last_token_at = events.iter().rposition(|(e, _)| e == "token").unwrap();
+    assert!(
+        last_token_at < message_at,
+        "tokens stream before the step: {events:?}"
+    );
+    assert_eq!(events[message_at].1["content"], "Hello there, friend");
+    assert_eq!(events.last().unwrap().1["output"], "Hello there, friend");
+    // Not persisted one by one: one message step.
+    assert_eq!(kinds(&s.app.steps(&run).await), ["input", "message"]);
+
+    // A reconnect gets every step once, and no tokens (they are not replayed).
+    let resp = s
+        .app
+        .req(Method::GET, &format!("/api/v1/runs/{run}/events"))
+        .header("last-event-id", "1")
+        .send()
+        .await
+        .unwrap();
+    let again = read_events(resp, |e, _| e == "done").await;
+    let names: Vec<&str> = again.iter().map(|(e, _)| e.as_str()).collect();
+    assert_eq!(names, ["step", "done"], "{again:?}");
+    assert_eq!(again[0].1["seq"], 2);
 }
 
 #[tokio::test]
