@@ -412,7 +412,8 @@ async fn waiting_for_approval_frees_the_slot_and_a_decision_resumes_or_fails_the
         position: 0,
         tool: "send_email",
         arguments: &args,
-        result: &result,
+        result: Some(&result),
+        call_id: None,
         policy: &policy,
     };
     assert!(wait::wait_for_approval(f.pool(), &f.queues, &lease, req)
@@ -473,7 +474,8 @@ async fn a_rejected_waiting_run_fails_with_usage_and_a_notification() {
         position: 1,
         tool: "delete_everything",
         arguments: &args,
-        result: &result,
+        result: Some(&result),
+        call_id: None,
         policy: &policy,
     };
     assert!(wait::wait_for_approval(f.pool(), &f.queues, &lease, req)

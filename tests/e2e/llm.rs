@@ -21,8 +21,8 @@ use serde_json::{json, Value};
 use crate::common::py_mcp::PyMcp;
 use crate::common::{Stack, TestApp};
 
-const FINISH: Duration = Duration::from_secs(30);
-const MCP_TOKEN: &str = "mcp-token-for-llm-tests";
+pub(crate) const FINISH: Duration = Duration::from_secs(30);
+pub(crate) const MCP_TOKEN: &str = "mcp-token-for-llm-tests";
 const API_KEY: &str = "sk-test-model-key";
 
 /// How the fake model answers one request.
@@ -38,7 +38,7 @@ pub(crate) enum Reply {
 }
 
 impl Reply {
-    fn chunks(chunks: Vec<Value>) -> Self {
+    pub(crate) fn chunks(chunks: Vec<Value>) -> Self {
         Reply::Stream {
             chunks: chunks.iter().map(Value::to_string).collect(),
             done: true,
@@ -242,23 +242,35 @@ impl Setup {
 
     /// An llm agent on `model` with the credential and the MCP server; `extra` config merged.
     pub(crate) async fn agent(&self, model: &FakeModel, extra: Value) -> String {
+        self.agent_with_policy(model, extra, json!(null)).await
+    }
+
+    /// [`Setup::agent`] with an approval policy (null: none).
+    pub(crate) async fn agent_with_policy(
+        &self,
+        model: &FakeModel,
+        extra: Value,
+        approval: Value,
+    ) -> String {
         let mut config = json!({"base_url": model.base_url(), "model": "gpt-test",
             "credential_id": self.credential, "system_prompt": "Be brief.",
             "mcp_server_ids": [self.server]});
         for (k, v) in extra.as_object().unwrap() {
             config[k] = v.clone();
         }
-        self.app
-            .create_agent(json!({"name": "assistant", "runtime": "llm", "config": config}))
-            .await
+        let mut body = json!({"name": "assistant", "runtime": "llm", "config": config});
+        if !approval.is_null() {
+            body["approval"] = approval;
+        }
+        self.app.create_agent(body).await
     }
 
-    async fn tool_calls_made(&self) -> u64 {
+    pub(crate) async fn tool_calls_made(&self) -> u64 {
         self.py.stats().await.1
     }
 }
 
-fn kinds(steps: &[Value]) -> Vec<&str> {
+pub(crate) fn kinds(steps: &[Value]) -> Vec<&str> {
     steps.iter().map(|s| s["kind"].as_str().unwrap()).collect()
 }
 

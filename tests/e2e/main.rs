@@ -18,6 +18,7 @@ mod inbound;
 mod key_privileges;
 mod lifecycle;
 mod llm;
+mod llm_approvals;
 mod mcp_agents;
 mod mcp_integrations;
 mod mcp_platform;

@@ -188,7 +188,17 @@ async fn step_loop(
     } else {
         None
     };
-    if let Some(decided) = decided {
+    if let Some(mut decided) = decided {
+        if decided.status == "approved" && decided.result.is_none() {
+            // A call recorded without a result (llm): made now that a person said yes, and
+            // recorded with the decision, once.
+            let call = runtime.call_tool(&decided.tool, &decided.arguments);
+            match until_deadline(lease, signal, call).await {
+                Wait::Done(Ok(r)) => decided.result = Some(r),
+                Wait::Done(Err(e)) => return Ok(failed(cur, e.0)),
+                Wait::Interrupted(end) => return Ok(end.with_output(cur.last_reply.clone())),
+            }
+        }
         match wait::apply_decision(&ctx.db, lease, &decided).await? {
             Written::Lost => return Ok(End::Lost),
             Written::Ok {
@@ -217,15 +227,7 @@ async fn step_loop(
         };
         let action = match until_deadline(lease, signal, runtime.next(&progress)).await {
             Wait::Done(Ok(a)) => a,
-            Wait::Done(Err(e)) => {
-                let err_step = step(StepKind::Error, Role::System, Some(e.0.clone()));
-                cur.pending.push(err_step);
-                return Ok(End::Finished(
-                    RunStatus::Failed,
-                    cur.last_reply.clone(),
-                    Some(e.0),
-                ));
-            }
+            Wait::Done(Err(e)) => return Ok(failed(cur, e.0)),
             Wait::Interrupted(end) => return Ok(end.with_output(cur.last_reply.clone())),
         };
         let new_steps = match action {
@@ -240,22 +242,15 @@ async fn step_loop(
                 requires_approval,
             } => {
                 if requires_approval || policy.requires(&name, &arguments) {
-                    if let Flow::Stop(end) = flush(ctx, lease, cur).await? {
-                        return Ok(end);
-                    }
                     let req = ApprovalRequest {
                         position: cur.position,
                         tool: &name,
                         arguments: &arguments,
-                        result: &result,
+                        result: Some(&result),
+                        call_id: None,
                         policy: &policy,
                     };
-                    let waiting = wait::wait_for_approval(&ctx.db, &ctx.queues, lease, req).await?;
-                    if waiting {
-                        ctx.lifecycle.doorbell().ring(lease.run);
-                        return Ok(End::Waiting);
-                    }
-                    return Ok(End::Lost);
+                    return wait_for_person(ctx, lease, cur, req).await;
                 }
                 let call_id = format!("call_{}", uuid::Uuid::now_v7().simple());
                 vec![
@@ -296,16 +291,38 @@ async fn step_loop(
                 }));
                 v
             }
-            Action::ToolResult {
+            Action::CallTool {
                 call_id,
                 name,
-                result,
-            } => vec![NewStep {
-                tool_name: Some(name),
-                tool_call_id: Some(call_id),
-                result: Some(result),
-                ..step(StepKind::ToolResult, Role::Tool, None)
-            }],
+                arguments,
+                requires_approval,
+            } => {
+                if requires_approval || policy.requires(&name, &arguments) {
+                    // The call is a step already; only the approval is added. The tool is
+                    // called by the worker that resumes the run after a yes.
+                    let req = ApprovalRequest {
+                        position: cur.position,
+                        tool: &name,
+                        arguments: &arguments,
+                        result: None,
+                        call_id: Some(&call_id),
+                        policy: &policy,
+                    };
+                    return wait_for_person(ctx, lease, cur, req).await;
+                }
+                let call = runtime.call_tool(&name, &arguments);
+                let result = match until_deadline(lease, signal, call).await {
+                    Wait::Done(Ok(r)) => r,
+                    Wait::Done(Err(e)) => return Ok(failed(cur, e.0)),
+                    Wait::Interrupted(end) => return Ok(end.with_output(cur.last_reply.clone())),
+                };
+                vec![NewStep {
+                    tool_name: Some(name),
+                    tool_call_id: Some(call_id),
+                    result: Some(result),
+                    ..step(StepKind::ToolResult, Role::Tool, None)
+                }]
+            }
             Action::Sleep(d) => {
                 // Whatever happened before the pause is shown during it.
                 if let Flow::Stop(end) = flush(ctx, lease, cur).await? {
@@ -347,6 +364,30 @@ async fn step_loop(
             cur.refresh(ctx, run.id).await?;
         }
     }
+}
+
+/// The run fails with `why`, recorded as its last step.
+fn failed(cur: &mut Cursor, why: String) -> End {
+    cur.pending
+        .push(step(StepKind::Error, Role::System, Some(why.clone())));
+    End::Finished(RunStatus::Failed, cur.last_reply.clone(), Some(why))
+}
+
+/// Writes what is pending, then running → waiting_approval with the call's approval.
+async fn wait_for_person(
+    ctx: &Ctx,
+    lease: &Lease,
+    cur: &mut Cursor,
+    req: ApprovalRequest<'_>,
+) -> Result<End, JobError> {
+    if let Flow::Stop(end) = flush(ctx, lease, cur).await? {
+        return Ok(end);
+    }
+    if wait::wait_for_approval(&ctx.db, &ctx.queues, lease, req).await? {
+        ctx.lifecycle.doorbell().ring(lease.run);
+        return Ok(End::Waiting);
+    }
+    Ok(End::Lost)
 }
 
 /// Writes the pending steps, if any.

@@ -46,14 +46,19 @@ pub(crate) enum Action {
         /// Completion tokens.
         output_tokens: i64,
     },
-    /// The result of a tool call persisted earlier (llm).
-    ToolResult {
+    /// Make a tool call persisted earlier without its result (llm): the executor asks for a
+    /// person's approval first when the policy or the runtime says so, then calls it through
+    /// [`AnyRuntime::call_tool`] and records the result once.
+    CallTool {
         /// The call's id.
         call_id: String,
         /// Tool name as the model saw it.
         name: String,
-        /// The tool's answer.
-        result: Value,
+        /// Its arguments.
+        arguments: Value,
+        /// Asked for a person's approval, whatever the agent's policy (the MCP server's
+        /// `require_approval`).
+        requires_approval: bool,
     },
     /// Wait before the next step.
     Sleep(Duration),
@@ -114,9 +119,11 @@ impl AnyRuntime {
             Ok(RuntimeConfig::Http(c)) => {
                 Ok(AnyRuntime::Http(http::HttpAgent::new(c, ctx.http.clone())))
             }
-            Ok(RuntimeConfig::Llm(c)) => {
-                Ok(AnyRuntime::Llm(Box::new(llm::Llm::new(c, ctx.clone()))))
-            }
+            Ok(RuntimeConfig::Llm(c)) => Ok(AnyRuntime::Llm(Box::new(llm::Llm::new(
+                c,
+                agent.team_id,
+                ctx.clone(),
+            )))),
             Err(e) => Err(RuntimeError(format!("agent config is invalid: {e}"))),
         }
     }
@@ -126,6 +133,22 @@ impl AnyRuntime {
     /// Whether the runtime reads the run's earlier steps (so the executor keeps them fresh).
     pub(crate) fn reads_history(&self) -> bool {
         matches!(self, AnyRuntime::Http(_) | AnyRuntime::Llm(_))
+    }
+}
+
+impl AnyRuntime {
+    /// Calls a tool of the runtime's (only runtimes that answer [`Action::CallTool`] have any).
+    pub(crate) async fn call_tool(
+        &mut self,
+        name: &str,
+        arguments: &Value,
+    ) -> Result<Value, RuntimeError> {
+        match self {
+            AnyRuntime::Llm(r) => r.call_tool(name, arguments).await,
+            _ => Err(RuntimeError(format!(
+                "tool '{name}' cannot be called by this runtime"
+            ))),
+        }
     }
 }
 

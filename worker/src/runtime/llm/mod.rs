@@ -1,8 +1,9 @@
 //! The `llm` runtime: an OpenAI-compatible chat-completions model with tools from the agent's
 //! MCP servers. It reads its history: at each step the conversation is rebuilt from the
 //! run's persisted steps, so a run resumed on another worker goes on where the last one
-//! stopped. A tool call persisted without its result is called (once per execution); one
-//! whose result is a step is never called again. Otherwise the model is asked, until it
+//! stopped. A tool call persisted without its result is handed to the executor
+//! ([`Action::CallTool`]), which asks for approval when needed, calls it and records its
+//! result; one whose result is a step is never called again. Otherwise the model is asked, until it
 //! answers without tool calls or `max_steps` model turns have passed.
 
 mod chat;
@@ -13,6 +14,7 @@ use serde_json::{json, Value};
 
 use agentq_shared::agents::config::LlmConfig;
 use agentq_shared::credentials;
+use agentq_shared::ids::TeamId;
 use agentq_shared::runs::steps::{Role, Step, StepKind};
 
 use super::{Action, Progress, Runtime, RuntimeError};
@@ -20,27 +22,37 @@ use crate::context::Ctx;
 
 pub(crate) struct Llm {
     config: LlmConfig,
+    team: TeamId,
     ctx: Ctx,
     /// Loaded at the first step of an execution.
     tools: Option<tools::Toolbox>,
 }
 
 impl Llm {
-    pub(crate) fn new(config: LlmConfig, ctx: Ctx) -> Self {
+    pub(crate) fn new(config: LlmConfig, team: TeamId, ctx: Ctx) -> Self {
         Self {
             config,
+            team,
             ctx,
             tools: None,
         }
     }
 
-    async fn load_tools(&mut self, p: &Progress<'_>) -> Result<(), RuntimeError> {
+    async fn load_tools(&mut self) -> Result<&tools::Toolbox, RuntimeError> {
         if self.tools.is_none() {
-            let t =
-                tools::Toolbox::load(&self.ctx, p.run.team_id, &self.config.mcp_server_ids).await?;
+            let t = tools::Toolbox::load(&self.ctx, self.team, &self.config.mcp_server_ids).await?;
             self.tools = Some(t);
         }
-        Ok(())
+        Ok(self.tools.as_ref().expect("loaded just above"))
+    }
+
+    /// Calls a tool by the name the model saw; its result as stored on the step.
+    pub(crate) async fn call_tool(
+        &mut self,
+        name: &str,
+        arguments: &Value,
+    ) -> Result<Value, RuntimeError> {
+        self.load_tools().await?.call(name, arguments).await
     }
 
     /// The credential's plain text, resolved at each model call (a revoked one fails the run
@@ -77,16 +89,15 @@ impl Llm {
 
 impl Runtime for Llm {
     async fn next(&mut self, p: &Progress<'_>) -> Result<Action, RuntimeError> {
-        self.load_tools(p).await?;
+        self.load_tools().await?;
         let toolbox = self.tools.as_ref().expect("loaded just above");
         if let Some(call) = unanswered(p.steps) {
             let name = call.tool_name.clone().unwrap_or_default();
-            let arguments = call.arguments.clone().unwrap_or(Value::Null);
-            let result = toolbox.call(&name, &arguments).await?;
-            return Ok(Action::ToolResult {
+            return Ok(Action::CallTool {
                 call_id: call.tool_call_id.clone().unwrap_or_default(),
+                requires_approval: toolbox.needs_approval(&name),
+                arguments: call.arguments.clone().unwrap_or(Value::Null),
                 name,
-                result,
             });
         }
         if p.steps

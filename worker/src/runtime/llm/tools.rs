@@ -26,6 +26,8 @@ pub(super) struct Offered {
     server: usize,
     /// Its name on the MCP server.
     pub(super) tool: String,
+    /// The server's `require_approval` asks for a person for it.
+    approval: bool,
     /// What the model is told.
     spec: Value,
 }
@@ -50,15 +52,15 @@ impl Toolbox {
         let mut b = Toolbox::default();
         let mut taken = HashSet::new();
         for id in ids {
-            let row: Option<(String, Option<Vec<String>>)> = sqlx::query_as(
-                "SELECT name, allowed_tools FROM mcp_servers WHERE id = $1 AND team_id = $2",
+            let row: Option<(String, Option<Vec<String>>, Value)> = sqlx::query_as(
+                "SELECT name, allowed_tools, require_approval FROM mcp_servers WHERE id = $1 AND team_id = $2",
             )
             .bind(id)
             .bind(team)
             .fetch_optional(&ctx.db)
             .await
             .map_err(|e| RuntimeError(format!("database: {e}")))?;
-            let Some((name, allowed)) = row else {
+            let Some((name, allowed, require_approval)) = row else {
                 return Err(RuntimeError(format!("MCP server {id} does not exist")));
             };
             let allow = ctx.config.allow_private_networks;
@@ -91,6 +93,7 @@ impl Toolbox {
                     continue;
                 }
                 let exposed = unique(&mut taken, &format!("{name}__{tname}"));
+                let approval = requires_approval(&require_approval, tname, &exposed);
                 let mut function = json!({
                     "name": exposed,
                     "parameters": tool.get("inputSchema").cloned()
@@ -104,6 +107,7 @@ impl Toolbox {
                     exposed,
                     Offered {
                         server,
+                        approval,
                         tool: tname.to_owned(),
                         spec: json!({"type": "function", "function": function}),
                     },
@@ -111,6 +115,11 @@ impl Toolbox {
             }
         }
         Ok(b)
+    }
+
+    /// Whether the server of a tool asks for a person's approval before it is called.
+    pub(super) fn needs_approval(&self, name: &str) -> bool {
+        self.tools.get(name).is_some_and(|t| t.approval)
     }
 
     /// The `tools` of a request, in offering order.
@@ -134,6 +143,19 @@ impl Toolbox {
             .await
             .map_err(|e| RuntimeError(format!("tool '{name}': {e}")))?;
         Ok(serde_json::to_value(&result).unwrap_or(Value::Null))
+    }
+}
+
+/// A server's `require_approval` (`"never"`, `"always"`, `{"always": [tool, ...]}`, naming
+/// its tools by their names on the server or as the model sees them) for one tool.
+fn requires_approval(policy: &Value, tool: &str, exposed: &str) -> bool {
+    match policy {
+        Value::String(s) => s == "always",
+        Value::Object(o) => o
+            .get("always")
+            .and_then(Value::as_array)
+            .is_some_and(|names| names.iter().any(|n| n == tool || n == exposed)),
+        _ => false,
     }
 }
 
@@ -204,6 +226,16 @@ mod tests {
         let long2 = unique(&mut taken, &"x".repeat(100));
         assert_eq!(long2.len(), 64);
         assert!(long2.ends_with("_2"));
+    }
+
+    #[test]
+    fn require_approval_is_read_per_tool() {
+        assert!(requires_approval(&json!("always"), "add", "s__add"));
+        assert!(!requires_approval(&json!("never"), "add", "s__add"));
+        let some = json!({"always": ["add", "s__echo"]});
+        assert!(requires_approval(&some, "add", "s__add"));
+        assert!(requires_approval(&some, "echo", "s__echo"));
+        assert!(!requires_approval(&some, "shout", "s__shout"));
     }
 
     #[test]
