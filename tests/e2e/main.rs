@@ -19,6 +19,7 @@ mod key_privileges;
 mod lifecycle;
 mod llm;
 mod llm_approvals;
+mod llm_conversations;
 mod mcp_agents;
 mod mcp_integrations;
 mod mcp_platform;

@@ -64,7 +64,8 @@ pub(crate) fn stream(
                         yield Ok(Event::default().event("step").id(step.seq.to_string()).data(data));
                     }
                 }
-                let done = json!({"run_id": r.id, "status": r.status, "output": r.output, "error": r.error});
+                let done = json!({"run_id": r.id, "conversation_id": crate::triggers::conversation_of(&r),
+                    "status": r.status, "output": r.output, "error": r.error});
                 yield Ok(Event::default().event("done").data(done.to_string()));
                 break;
             }

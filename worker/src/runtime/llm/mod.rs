@@ -13,9 +13,11 @@ mod tools;
 use serde_json::{json, Value};
 
 use agentq_shared::agents::config::LlmConfig;
+use agentq_shared::conversations;
 use agentq_shared::credentials;
 use agentq_shared::ids::TeamId;
 use agentq_shared::runs::steps::{Role, Step, StepKind};
+use agentq_shared::runs::Run;
 
 use super::{Action, Progress, Runtime, RuntimeError};
 use crate::context::Ctx;
@@ -26,7 +28,12 @@ pub(crate) struct Llm {
     ctx: Ctx,
     /// Loaded at the first step of an execution.
     tools: Option<tools::Toolbox>,
+    /// The conversation's earlier messages, as chat messages (loaded once).
+    earlier: Option<Vec<Value>>,
 }
+
+/// Most earlier messages of a conversation put before a run's input.
+const MAX_EARLIER: i64 = 200;
 
 impl Llm {
     pub(crate) fn new(config: LlmConfig, team: TeamId, ctx: Ctx) -> Self {
@@ -35,7 +42,32 @@ impl Llm {
             team,
             ctx,
             tools: None,
+            earlier: None,
         }
+    }
+
+    /// The earlier user and assistant messages of the run's conversation, if it has one.
+    async fn load_earlier(&mut self, run: &Run) -> Result<(), RuntimeError> {
+        if self.earlier.is_some() {
+            return Ok(());
+        }
+        let id = run
+            .trigger
+            .get("conversation_id")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse::<uuid::Uuid>().ok());
+        let mut out = Vec::new();
+        if let Some(id) = id {
+            let rows = conversations::before(&self.ctx.db, self.team, id, run.id, MAX_EARLIER)
+                .await
+                .map_err(|e| RuntimeError(format!("database: {e}")))?;
+            out.extend(
+                rows.into_iter()
+                    .map(|m| json!({"role": m.role, "content": m.content.unwrap_or_default()})),
+            );
+        }
+        self.earlier = Some(out);
+        Ok(())
     }
 
     async fn load_tools(&mut self) -> Result<&tools::Toolbox, RuntimeError> {
@@ -113,10 +145,11 @@ impl Runtime for Llm {
                 self.config.max_steps
             )));
         }
-        let body = self.request(
-            conversation(self.config.system_prompt.as_deref(), p.steps),
-            toolbox.specs(),
-        );
+        let tools = toolbox.specs();
+        self.load_earlier(p.run).await?;
+        let earlier = self.earlier.as_deref().unwrap_or_default();
+        let messages = conversation(self.config.system_prompt.as_deref(), earlier, p.steps);
+        let body = self.request(messages, tools);
         let token = self.token(p).await?;
         let url = format!(
             "{}/chat/completions",
@@ -214,13 +247,15 @@ fn model_turns(steps: &[Step]) -> usize {
     n
 }
 
-/// The chat messages for the run so far: the system prompt, then each step in order (an
+/// The chat messages for the run so far: the system prompt, the conversation's earlier
+/// messages, then each step in order (an
 /// assistant message and the tool calls right after it are one assistant turn).
-fn conversation(system: Option<&str>, steps: &[Step]) -> Vec<Value> {
+fn conversation(system: Option<&str>, earlier: &[Value], steps: &[Step]) -> Vec<Value> {
     let mut out = Vec::new();
     if let Some(s) = system.filter(|s| !s.is_empty()) {
         out.push(json!({"role": "system", "content": s}));
     }
+    out.extend(earlier.iter().cloned());
     let mut prev: Option<StepKind> = None;
     for s in steps {
         match s.kind {
