@@ -256,21 +256,7 @@ async fn chat_trigger(
     if body.message.is_empty() {
         return Err(ApiError::invalid_field("message", "must not be empty"));
     }
-    auth.require(Scope::SignalsWrite)?;
-    if !auth.can_access_agent(agent) {
-        return Err(ApiError::not_found("Agent"));
-    }
-    let conversation = match body.conversation_id {
-        Some(id) => {
-            if !conversations::touch(&state.db, auth.team_id(), agent, id).await? {
-                return Err(ApiError::not_found("Conversation"));
-            }
-            id
-        }
-        None => conversations::start(&state.db, auth.team_id(), agent)
-            .await?
-            .ok_or_else(|| ApiError::not_found("Agent"))?,
-    };
+    let conversation = conversation_for(state, auth, agent, body.conversation_id).await?;
     let mut fingerprint = json!({"message": body.message});
     if let Some(id) = body.conversation_id {
         fingerprint["conversation_id"] = json!(id);
@@ -282,6 +268,31 @@ async fn chat_trigger(
         input: Value::String(body.message.clone()),
         audit_action: None,
     })
+}
+
+/// The conversation a chat goes on with (404 when the team has no such conversation with
+/// this agent), or a new one; the caller must be allowed to start the agent's runs.
+pub(crate) async fn conversation_for(
+    state: &AppState,
+    auth: &Auth,
+    agent: AgentId,
+    requested: Option<Uuid>,
+) -> Result<Uuid, ApiError> {
+    auth.require(Scope::SignalsWrite)?;
+    if !auth.can_access_agent(agent) {
+        return Err(ApiError::not_found("Agent"));
+    }
+    match requested {
+        Some(id) => {
+            if !conversations::touch(&state.db, auth.team_id(), agent, id).await? {
+                return Err(ApiError::not_found("Conversation"));
+            }
+            Ok(id)
+        }
+        None => conversations::start(&state.db, auth.team_id(), agent)
+            .await?
+            .ok_or_else(|| ApiError::not_found("Agent")),
+    }
 }
 
 /// The conversation a run belongs to, from its trigger.

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use agentq_shared::keys::Lifetime;
 
-use crate::common::{assert_envelope, create_key, send};
+use crate::common::{assert_envelope, create_key, mcp, send};
 use crate::llm::{text, FakeModel, Reply, Setup};
 
 async fn chat(s: &Setup, agent: &str, body: Value) -> (StatusCode, Value) {
@@ -209,4 +209,63 @@ async fn unknown_or_foreign_conversations_are_404_and_reading_needs_agents_read(
     ))
     .await;
     assert_eq!(st, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_mcp_send_message_tool_goes_on_with_a_conversation() {
+    let s = Setup::new().await;
+    let model =
+        FakeModel::start(|n, _| Reply::chunks(text(&[&format!("answer {n}")], (1, 1)))).await;
+    let agent = s.agent(&model, json!({"mcp_server_ids": []})).await;
+    let (_, first) = chat(&s, &agent, json!({"message": "remember 7"})).await;
+    let conversation = first["conversation_id"].as_str().unwrap().to_owned();
+
+    let url = s.app.url(&format!("/api/mcp/agents/{agent}/stream-http"));
+    let send_message = |id: i64, args: Value| {
+        let (body, headers) = mcp::modern(
+            id,
+            "tools/call",
+            json!({"name": "send_message", "arguments": args}),
+        );
+        let url = url.clone();
+        let key = format!("Bearer {}", s.app.tenant.key);
+        async move {
+            let mut h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            h.push(("authorization", &key));
+            mcp::post_raw(&url, &h, body.to_string()).await
+        }
+    };
+    let answer = send_message(
+        1,
+        json!({"message": "what number?", "conversation_id": conversation}),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+    let result = &answer.body["result"];
+    assert_eq!(result["isError"], false, "{result}");
+    assert_eq!(
+        result["structuredContent"]["conversation_id"],
+        conversation.as_str()
+    );
+    assert_eq!(result["structuredContent"]["output"], "answer 2");
+    let msgs = model.body(1)["messages"].clone();
+    assert_eq!(
+        msgs[1],
+        json!({"role": "user", "content": "remember 7"}),
+        "{msgs}"
+    );
+    assert_eq!(msgs[2], json!({"role": "assistant", "content": "answer 1"}));
+
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let answer = send_message(2, json!({"message": "x", "conversation_id": unknown})).await;
+    let result = &answer.body["result"];
+    assert_eq!(result["isError"], true, "{}", answer.text);
+    assert!(
+        result["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("not found"),
+        "{result}"
+    );
+    assert_eq!(model.requests(), 2, "no run for an unknown conversation");
 }
