@@ -112,13 +112,14 @@ impl Cursor {
         if self.pending.is_empty() {
             return None;
         }
+        let (input_tokens, output_tokens) = std::mem::take(&mut self.tokens);
         Some(StepWrite {
             lease: *lease,
             position: self.position,
             output: self.last_reply.clone(),
             steps: std::mem::take(&mut self.pending),
-            input_tokens: self.tokens.0,
-            output_tokens: std::mem::take(&mut self.tokens).1,
+            input_tokens,
+            output_tokens,
         })
     }
 }
