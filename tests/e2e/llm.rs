@@ -418,6 +418,63 @@ async fn a_run_calls_tools_through_a_real_mcp_server_and_answers_with_their_resu
     assert_eq!(st, StatusCode::OK, "{u}");
     assert_eq!(u["totals"]["input_tokens"], 250, "{u}");
     assert_eq!(u["totals"]["output_tokens"], 27, "{u}");
+
+    // Secrets stay secret: not on the run, its steps or the agent.
+    let (_, shown) = s.app.get(&format!("/api/v1/agents/{agent}")).await;
+    for text in [
+        done.to_string(),
+        Value::Array(steps).to_string(),
+        shown.to_string(),
+    ] {
+        assert!(
+            !text.contains(API_KEY) && !text.contains(MCP_TOKEN),
+            "{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn tools_are_called_over_the_legacy_sse_transport_too() {
+    let s = Setup::new().await;
+    let (st, sse) = s
+        .app
+        .post(
+            "/api/v1/mcp-servers",
+            json!({"name": "old", "server_url": s.py.url("/sse"), "transport": "sse",
+                "auth_type": "bearer", "auth_config": {"token": MCP_TOKEN}, "allowed_tools": ["weather"]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{sse}");
+    let model = FakeModel::start(|n, _| match n {
+        1 => Reply::chunks(calls(
+            &[("w1", "old__weather", json!({"city": "Lyon"}))],
+            (1, 1),
+        )),
+        _ => Reply::chunks(text(&["Sunny."], (1, 1))),
+    })
+    .await;
+    let agent = s
+        .agent(&model, json!({"mcp_server_ids": [sse["id"]]}))
+        .await;
+    let run = s.app.start_run(&agent, json!("weather in Lyon?")).await;
+    let done = s.app.wait_for_run(&run, FINISH).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let offered: Vec<Value> = model.body(0)["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].clone())
+        .collect();
+    assert_eq!(offered, [json!("old__weather")], "only the allowed tool");
+    assert_eq!(
+        model.body(1)["messages"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()["content"],
+        "sunny in Lyon"
+    );
+    assert_eq!(s.tool_calls_made().await, 1);
 }
 
 /// Reads SSE events until `stop` says so.
