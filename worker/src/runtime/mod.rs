@@ -1,6 +1,10 @@
 //! Agent runtimes behind one trait. The executor asks a runtime for its next [`Action`]
 //! given what the run has done so far, persists it, and asks again until `Done` or `Fail`.
-//! Runtimes never write to the database themselves; that keeps resumption in one place.
+//! Runtimes never write a run's steps or state themselves; that keeps resumption in one
+//! place. The seam keeps apart what a runtime decides (a reply, a model turn with its tool
+//! calls and token counts, a tool call to make), what the executor does with it (asks for
+//! approval when needed, calls the tool through [`AnyRuntime::call_tool`], records the result
+//! once), and what streams without being stored (the llm runtime's text deltas).
 
 mod http;
 mod llm;
