@@ -2,7 +2,8 @@
 //! Stream handlers subscribe to a run and re-read Postgres whenever it rings (and every
 //! second regardless, so a lost ring only delays them). Writers ring only runs marked as
 //! watched, so the hub marks a run when its first handler subscribes and renews the marks of
-//! every run it still routes.
+//! every run it still routes. Model text deltas published on a run's token channel reach
+//! its subscribers the same way (best-effort, never persisted).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use redis::aio::ConnectionManager;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use agentq_shared::ids::RunId;
 use agentq_shared::redis_conn::Keys;
@@ -18,16 +19,27 @@ use agentq_shared::runs::doorbell;
 
 /// Routes doorbells to the handlers watching each run.
 pub struct Hub {
-    runs: Mutex<HashMap<RunId, Weak<watch::Sender<u64>>>>,
+    runs: Mutex<HashMap<RunId, Weak<Route>>>,
     redis: ConnectionManager,
     keys: Keys,
 }
 
+/// Where one run's rings and token deltas go in this process.
+struct Route {
+    rings: watch::Sender<u64>,
+    tokens: broadcast::Sender<Arc<str>>,
+}
+
+/// Token deltas a slow reader may lag behind before it loses some.
+const TOKEN_BUFFER: usize = 1024;
+
 /// A handler's interest in one run; wakes on every ring after it was taken.
 pub struct Subscription {
-    _sender: Arc<watch::Sender<u64>>,
+    _route: Arc<Route>,
     /// Changes on every ring.
     pub rx: watch::Receiver<u64>,
+    /// The model's text deltas, as they arrive.
+    pub tokens: broadcast::Receiver<Arc<str>>,
 }
 
 impl Subscription {
@@ -82,34 +94,47 @@ impl Hub {
         if map.len() > 1024 {
             map.retain(|_, w| w.strong_count() > 0);
         }
-        let sender = match map.get(&run).and_then(Weak::upgrade) {
+        let route = match map.get(&run).and_then(Weak::upgrade) {
             Some(s) => s,
             None => {
-                let s = Arc::new(watch::channel(0u64).0);
+                let s = Arc::new(Route {
+                    rings: watch::channel(0u64).0,
+                    tokens: broadcast::channel(TOKEN_BUFFER).0,
+                });
                 map.insert(run, Arc::downgrade(&s));
                 s
             }
         };
-        let rx = sender.subscribe();
         Subscription {
-            _sender: sender,
-            rx,
+            rx: route.rings.subscribe(),
+            tokens: route.tokens.subscribe(),
+            _route: route,
         }
     }
 
-    fn ring(&self, run: RunId) {
+    fn route(&self, run: RunId) -> Option<Arc<Route>> {
         let map = self.runs.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = map.get(&run).and_then(Weak::upgrade) {
-            s.send_modify(|v| *v = v.wrapping_add(1));
+        map.get(&run).and_then(Weak::upgrade)
+    }
+
+    fn ring(&self, run: RunId) {
+        if let Some(r) = self.route(run) {
+            r.rings.send_modify(|v| *v = v.wrapping_add(1));
+        }
+    }
+
+    fn token(&self, run: RunId, delta: &str) {
+        if let Some(r) = self.route(run) {
+            let _ = r.tokens.send(Arc::from(delta));
         }
     }
 
     /// Listens to every run's doorbell until the process ends, reconnecting with backoff.
     pub async fn listen(self: Arc<Self>, redis_url: String, keys: Keys) {
-        let pattern = doorbell::pattern(&keys);
+        let patterns = [doorbell::pattern(&keys), doorbell::token_pattern(&keys)];
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.listen_once(&redis_url, &pattern).await {
+            match self.listen_once(&redis_url, &patterns).await {
                 Ok(()) => backoff = Duration::from_millis(100),
                 Err(e) => {
                     tracing::warn!(error = %e, "doorbell subscription lost; streams fall back to polling");
@@ -120,14 +145,19 @@ impl Hub {
         }
     }
 
-    async fn listen_once(&self, redis_url: &str, pattern: &str) -> redis::RedisResult<()> {
+    async fn listen_once(&self, redis_url: &str, patterns: &[String]) -> redis::RedisResult<()> {
         let client = redis::Client::open(redis_url)?;
         let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.psubscribe(pattern).await?;
+        pubsub.psubscribe(patterns).await?;
         let mut messages = pubsub.on_message();
         while let Some(msg) = messages.next().await {
-            if let Some(run) = doorbell::run_of(msg.get_channel_name()) {
+            let channel = msg.get_channel_name();
+            if let Some(run) = doorbell::run_of(channel) {
                 self.ring(run);
+            } else if let Some(run) = doorbell::run_of_tokens(channel) {
+                if let Ok(delta) = msg.get_payload::<String>() {
+                    self.token(run, &delta);
+                }
             }
         }
         Ok(())

@@ -24,6 +24,7 @@ pub mod state;
 mod agents;
 mod approvals;
 mod audit_logs;
+mod conversations;
 mod credentials;
 mod health;
 mod inbound;

@@ -74,6 +74,7 @@ stable strings (`api_key_invalid`, `insufficient_scope`, `rate_limited`, `valida
         (name = "webhooks", description = "Endpoints that receive signed events, and their deliveries."),
         (name = "inbound webhooks", description = "Public URLs through which other services start an agent."),
         (name = "credentials", description = "Team secrets (model API keys, MCP tokens): write-only, encrypted at rest, revocable."),
+        (name = "conversations", description = "Chats with an agent over several runs, started and continued by `/chat`."),
         (name = "mcp servers", description = "MCP servers whose tools agents use, their tools, and per-agent integrations."),
         (name = "api keys", description = "Scoped keys: created with the secret shown once, revoked at once everywhere."),
         (name = "usage", description = "Usage by day and by agent."),
@@ -98,6 +99,7 @@ pub(crate) fn routes(inbound_body_limit: usize) -> OpenApiRouter<AppState> {
         .merge(crate::inbound::routes())
         .merge(crate::request_logs::routes())
         .merge(crate::credentials::routes())
+        .merge(crate::conversations::routes())
         .merge(crate::mcp_servers::routes())
         .routes(routes!(openapi_json))
         .routes(routes!(docs));

@@ -13,7 +13,9 @@ use serde_json::{json, Value};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+use uuid::Uuid;
 
+use agentq_shared::conversations;
 use agentq_shared::ids::{AgentId, RunId};
 use agentq_shared::runs::create::{
     self, AuditInfo, CreateError, Created, Idempotency, NewRun, TriggerType,
@@ -69,6 +71,9 @@ struct ChatBody {
     message: String,
     /// Longest to wait for the reply (capped by the server's chat timeout, 30 s by default).
     timeout_seconds: Option<u64>,
+    /// Goes on with a conversation the API answered earlier (its earlier messages are seen);
+    /// without it, a new conversation starts. An unknown one is a 404.
+    conversation_id: Option<Uuid>,
 }
 
 /// The reply to a chat whose run ended in time.
@@ -76,6 +81,8 @@ struct ChatBody {
 struct ChatReply {
     /// The run.
     run_id: RunId,
+    /// The conversation the run belongs to; pass it to go on.
+    conversation_id: Option<Uuid>,
     /// Its final status: `succeeded`, `failed`, `cancelled` or `timed_out`.
     status: RunStatus,
     /// The agent's reply.
@@ -89,6 +96,8 @@ struct ChatReply {
 struct ChatPending {
     /// The run.
     run_id: RunId,
+    /// The conversation the run belongs to; pass it to go on.
+    conversation_id: Option<Uuid>,
     /// Its status now, e.g. `queued` or `running`.
     status: RunStatus,
     /// Always `null`.
@@ -236,23 +245,69 @@ async fn start_run(
     Ok(accepted(trigger(&state, &auth, id, &headers, t).await?))
 }
 
-fn chat_trigger(body: &ChatBody) -> Result<Trigger, ApiError> {
+/// The chat's run trigger, in the conversation it names (checked: 404 when the team has no
+/// such conversation with this agent) or in a new one.
+async fn chat_trigger(
+    state: &AppState,
+    auth: &Auth,
+    agent: AgentId,
+    body: &ChatBody,
+) -> Result<Trigger, ApiError> {
     if body.message.is_empty() {
         return Err(ApiError::invalid_field("message", "must not be empty"));
     }
+    let conversation = conversation_for(state, auth, agent, body.conversation_id).await?;
+    let mut fingerprint = json!({"message": body.message});
+    if let Some(id) = body.conversation_id {
+        fingerprint["conversation_id"] = json!(id);
+    }
     Ok(Trigger {
         kind: TriggerType::Chat,
-        body: json!({"message": body.message}),
-        trigger: json!({}),
+        body: fingerprint,
+        trigger: json!({"conversation_id": conversation}),
         input: Value::String(body.message.clone()),
         audit_action: None,
     })
 }
 
+/// The conversation a chat goes on with (404 when the team has no such conversation with
+/// this agent), or a new one; the caller must be allowed to start the agent's runs.
+pub(crate) async fn conversation_for(
+    state: &AppState,
+    auth: &Auth,
+    agent: AgentId,
+    requested: Option<Uuid>,
+) -> Result<Uuid, ApiError> {
+    auth.require(Scope::SignalsWrite)?;
+    if !auth.can_access_agent(agent) {
+        return Err(ApiError::not_found("Agent"));
+    }
+    match requested {
+        Some(id) => {
+            if !conversations::touch(&state.db, auth.team_id(), agent, id).await? {
+                return Err(ApiError::not_found("Conversation"));
+            }
+            Ok(id)
+        }
+        None => conversations::start(&state.db, auth.team_id(), agent)
+            .await?
+            .ok_or_else(|| ApiError::not_found("Agent")),
+    }
+}
+
+/// The conversation a run belongs to, from its trigger.
+pub(crate) fn conversation_of(run: &Run) -> Option<Uuid> {
+    run.trigger
+        .get("conversation_id")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok())
+}
+
 /// Chats with an agent: starts a run (type `chat`) and waits for its reply.
 ///
 /// Scope: `signals:write`. Answers 200 with the reply when the run ends within the timeout,
-/// else 202 with the run's id and status. Idempotent with an `Idempotency-Key`.
+/// else 202 with the run's id and status; both name the run's `conversation_id` (new unless
+/// one was given). Idempotent with an `Idempotency-Key`.
 #[utoipa::path(post, path = "/agents/{id}/chat", operation_id = "chat", tag = "triggers",
     params(("id" = Uuid, Path, description = "The agent's id."), ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters; a retry with the same key and body answers the same run.")),
     request_body = ChatBody,
@@ -274,11 +329,13 @@ async fn chat(
         .map(Duration::from_secs)
         .unwrap_or(max)
         .min(max);
-    let created = trigger(&state, &auth, id, &headers, chat_trigger(&body)?).await?;
+    let t = chat_trigger(&state, &auth, id, &body).await?;
+    let created = trigger(&state, &auth, id, &headers, t).await?;
     let run = wait_for_run(&state, &auth, created.run().id, wait, false, &mut |_| {}).await?;
     if run.status.is_terminal() {
         let body = ChatReply {
             run_id: run.id,
+            conversation_id: conversation_of(&run),
             status: run.status,
             output: run.output,
             error: run.error,
@@ -287,6 +344,7 @@ async fn chat(
     }
     let body = ChatPending {
         run_id: run.id,
+        conversation_id: conversation_of(&run),
         status: run.status,
         output: None,
     };
@@ -323,7 +381,8 @@ pub(crate) async fn wait_for_run(
 /// Chats with an agent and streams its run as server-sent events.
 ///
 /// Scope: `signals:write`. Events: `step` (`id` is the step's sequence, `data` a `Step`),
-/// then `done` (`data` has `run_id`, `status`, `output`, `error`). Reconnect to
+/// `token` while the model of an llm agent writes (`data` has `run_id`, `delta`; not replayed),
+/// then `done` (`data` has `run_id`, `conversation_id`, `status`, `output`, `error`). Reconnect to
 /// `/runs/{run_id}/events` with `Last-Event-ID` to continue.
 #[utoipa::path(post, path = "/agents/{id}/chat/stream", operation_id = "chatStream", tag = "triggers",
     params(("id" = Uuid, Path, description = "The agent's id."), ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters; a retry with the same key and body answers the same run.")),
@@ -339,6 +398,7 @@ async fn chat_stream(
     headers: HeaderMap,
     ApiJson(body): ApiJson<ChatBody>,
 ) -> Result<Response, ApiError> {
-    let created = trigger(&state, &auth, id, &headers, chat_trigger(&body)?).await?;
+    let t = chat_trigger(&state, &auth, id, &body).await?;
+    let created = trigger(&state, &auth, id, &headers, t).await?;
     Ok(events::stream(state, created.run().id, 0).into_response())
 }

@@ -8,6 +8,7 @@ pub mod approvals;
 pub mod audit;
 pub mod batch;
 pub mod config;
+pub mod conversations;
 pub mod credentials;
 pub mod crypto;
 pub mod db;

@@ -138,6 +138,8 @@ fn reply(lease: Lease, text: &str) -> StepWrite {
         lease,
         position: 1,
         output: Some(text.to_owned()),
+        input_tokens: 0,
+        output_tokens: 0,
         steps: vec![NewStep::new(
             StepKind::Message,
             Role::Assistant,
@@ -410,7 +412,8 @@ async fn waiting_for_approval_frees_the_slot_and_a_decision_resumes_or_fails_the
         position: 0,
         tool: "send_email",
         arguments: &args,
-        result: &result,
+        result: Some(&result),
+        call_id: None,
         policy: &policy,
     };
     assert!(wait::wait_for_approval(f.pool(), &f.queues, &lease, req)
@@ -471,7 +474,8 @@ async fn a_rejected_waiting_run_fails_with_usage_and_a_notification() {
         position: 1,
         tool: "delete_everything",
         arguments: &args,
-        result: &result,
+        result: Some(&result),
+        call_id: None,
         policy: &policy,
     };
     assert!(wait::wait_for_approval(f.pool(), &f.queues, &lease, req)

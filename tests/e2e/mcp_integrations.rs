@@ -295,10 +295,12 @@ async fn a_run_of_an_llm_agent_fails_clearly_instead_of_hanging() {
     let agent = llm_agent(&app, json!({})).await;
     let run = app.start_run(&agent, json!("hello")).await;
     let done = app.wait_for_run(&run, Duration::from_secs(30)).await;
+    // No model provider is reachable from the tests: bounded retries, then a clear failure.
     assert_eq!(done["status"], "failed", "{done}");
-    assert_eq!(
-        done["error"],
-        "the llm runtime is not available in this version"
+    let error = done["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("the model provider is unavailable after 3 attempts"),
+        "{done}"
     );
 }
 

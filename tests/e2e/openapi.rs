@@ -47,6 +47,8 @@ const OPERATIONS: &[&str] = &[
     "GET /api/v1/runs/{id}/messages",
     "GET /api/v1/runs/{id}/events",
     "GET /api/v1/usage",
+    "GET /api/v1/agents/{id}/conversations",
+    "GET /api/v1/conversations/{id}/messages",
     "GET /api/v1/approvals",
     "GET /api/v1/approvals/{id}",
     "POST /api/v1/approvals/{id}/approve",

@@ -29,7 +29,7 @@ fn run_schema() -> Value {
             "run_id": {"type": "string", "description": "The run; look it up with get_run."},
             "status": {"type": "string", "description": "queued, running, waiting_approval, succeeded, failed, cancelled or timed_out."},
             "output": {"type": ["string", "null"], "description": "The agent's reply, once it has one."},
-            "conversation_id": {"type": ["string", "null"], "description": "The conversation (null: conversations are not kept yet)."},
+            "conversation_id": {"type": ["string", "null"], "description": "The conversation; pass it to send_message to go on with it."},
             "error": {"type": ["string", "null"], "description": "Why the run failed, if it did."}
         },
         "required": ["run_id", "status", "output", "conversation_id"]
@@ -236,13 +236,24 @@ async fn chat(
     c: &Caller,
     agent: AgentId,
     message: String,
-    _conversation_id: Option<String>,
+    conversation_id: Option<String>,
     mut progress: Option<Progress>,
 ) -> Result<Value, ApiError> {
+    let requested = match conversation_id {
+        Some(s) => Some(s.parse::<uuid::Uuid>().map_err(|_| {
+            ApiError::invalid_field("conversation_id", "must be a conversation id (a UUID)")
+        })?),
+        None => None,
+    };
+    let conversation = triggers::conversation_for(&c.state, &acting(c), agent, requested).await?;
+    let mut body = json!({"message": message});
+    if let Some(id) = requested {
+        body["conversation_id"] = json!(id);
+    }
     let t = Trigger {
         kind: TriggerType::Mcp,
-        body: json!({"message": message}),
-        trigger: json!({"tool": "send_message"}),
+        body,
+        trigger: json!({"tool": "send_message", "conversation_id": conversation}),
         input: Value::String(message),
         audit_action: None,
     };
@@ -272,7 +283,7 @@ fn run_result(run: &Run) -> Value {
         "run_id": run.id,
         "status": run.status,
         "output": run.output,
-        "conversation_id": null,
+        "conversation_id": triggers::conversation_of(run),
         "error": run.error,
     });
     let id = run.id;

@@ -1,6 +1,8 @@
 //! Server-sent events of a run: every step after `Last-Event-ID` (`event: step`,
 //! `id: <seq>`, `data: <step>`), read from Postgres whenever the run's doorbell rings (and
-//! every second regardless), then `event: done` with the outcome. Steps written by a worker in
+//! every second regardless), then `event: done` with the outcome. While the model of an llm
+//! agent writes, `event: token` (`data: {"run_id", "delta"}`, no id) carries its text as it
+//! arrives: best-effort and never replayed; the whole message follows as a step. Steps written by a worker in
 //! any process arrive, in order, without gaps or repeats across reconnects.
 
 use std::convert::Infallible;
@@ -62,16 +64,37 @@ pub(crate) fn stream(
                         yield Ok(Event::default().event("step").id(step.seq.to_string()).data(data));
                     }
                 }
-                let done = json!({"run_id": r.id, "status": r.status, "output": r.output, "error": r.error});
+                let done = json!({"run_id": r.id, "conversation_id": crate::triggers::conversation_of(&r),
+                    "status": r.status, "output": r.output, "error": r.error});
                 yield Ok(Event::default().event("done").data(done.to_string()));
                 break;
             }
             if *stopping.borrow() {
                 break;
             }
-            tokio::select! {
-                _ = sub.wait(Duration::from_secs(1)) => {}
-                _ = stopping.changed() => break,
+            // Token deltas are passed on as they come until the next ring or second.
+            let until = tokio::time::Instant::now() + Duration::from_secs(1);
+            let mut stop = false;
+            loop {
+                tokio::select! {
+                    _ = sub.rx.changed() => break,
+                    _ = tokio::time::sleep_until(until) => break,
+                    _ = stopping.changed() => {
+                        stop = true;
+                        break;
+                    }
+                    t = sub.tokens.recv() => match t {
+                        Ok(delta) => {
+                            let data = json!({"run_id": run, "delta": &*delta});
+                            yield Ok(Event::default().event("token").data(data.to_string()));
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    },
+                }
+            }
+            if stop {
+                break;
             }
         }
     };

@@ -1,6 +1,7 @@
 //! An agent's approval policy: which tool calls need a person's yes, how long one may wait,
-//! and what a rejection or an expiry does. Tools are matched by name, optionally with
-//! argument patterns (`*` matches any run of characters).
+//! and what a rejection or an expiry does. Tools are matched by name (as the model sees it,
+//! e.g. `github__*`), optionally with argument patterns (`*` matches any run of characters
+//! in both).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -194,7 +195,7 @@ impl Policy {
             Tools::All => true,
             Tools::None => false,
             Tools::Some(rules) => rules.iter().any(|r| {
-                r.name == tool
+                glob(&r.name, tool)
                     && r.arguments.iter().all(|(field, pattern)| {
                         let value = match arguments.get(field) {
                             Some(Value::String(s)) => s.clone(),
@@ -253,6 +254,18 @@ mod tests {
             .unwrap()
             .requires("x", &json!(null)));
         assert!(!parse(&Value::Null).unwrap().requires("x", &json!(null)));
+    }
+
+    #[test]
+    fn tool_names_may_be_globs() {
+        let p =
+            parse(&json!({"tools": ["github__*", {"name": "*__pay", "arguments": {"to": "x*"}}]}))
+                .unwrap();
+        assert!(p.requires("github__create_issue", &json!({})));
+        assert!(!p.requires("gitlab__create_issue", &json!({})));
+        assert!(p.requires("bank__pay", &json!({"to": "xy"})));
+        assert!(!p.requires("bank__pay", &json!({"to": "y"})));
+        assert!(!p.requires("bank__payout", &json!({"to": "xy"})));
     }
 
     #[test]

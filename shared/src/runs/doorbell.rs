@@ -30,6 +30,21 @@ pub fn watch_key(keys: &Keys, run: RunId) -> String {
     keys.key("runs", &format!("watch:{run}"))
 }
 
+/// The channel a run's model text deltas are published on (only while it is watched).
+pub fn token_channel(keys: &Keys, run: RunId) -> String {
+    keys.key("runs", &format!("tokens:{run}"))
+}
+
+/// The pattern that matches every run's token channel under this prefix.
+pub fn token_pattern(keys: &Keys) -> String {
+    keys.key("runs", "tokens:*")
+}
+
+/// The run id in a token channel's name.
+pub fn run_of_tokens(channel: &str) -> Option<RunId> {
+    channel.rsplit_once("tokens:")?.1.parse().ok()
+}
+
 /// The pattern that matches every run's channel under this prefix.
 pub fn pattern(keys: &Keys) -> String {
     keys.key("runs", "steps:*")

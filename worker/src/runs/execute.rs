@@ -102,6 +102,8 @@ struct Cursor {
     /// action at once, so its steps are written with the next write that must happen anyway
     /// (a sleep, an approval, the finish) instead of one write each.
     pending: Vec<NewStep>,
+    /// Model tokens of the pending steps (input, output).
+    tokens: (i64, i64),
 }
 
 impl Cursor {
@@ -110,11 +112,14 @@ impl Cursor {
         if self.pending.is_empty() {
             return None;
         }
+        let (input_tokens, output_tokens) = std::mem::take(&mut self.tokens);
         Some(StepWrite {
             lease: *lease,
             position: self.position,
             output: self.last_reply.clone(),
             steps: std::mem::take(&mut self.pending),
+            input_tokens,
+            output_tokens,
         })
     }
 }
@@ -144,6 +149,7 @@ async fn run_steps(
         history: Vec::new(),
         reads_history: true,
         pending: Vec::new(),
+        tokens: (0, 0),
     };
     let end = step_loop(ctx, lease, run, agent, signal, &mut cur).await;
     *tail = cur.take_pending(lease);
@@ -162,7 +168,7 @@ async fn step_loop(
     run.attempts = lease.attempt;
     run.status = RunStatus::Running;
     let policy: Policy = agent.policy();
-    let mut runtime = match AnyRuntime::for_agent(agent, &ctx.http) {
+    let mut runtime = match AnyRuntime::for_agent(agent, ctx) {
         Ok(r) => r,
         Err(e) => return Ok(End::Finished(RunStatus::Failed, None, Some(e.0))),
     };
@@ -171,7 +177,7 @@ async fn step_loop(
     // still lack it.
     if run.next_seq == 1 {
         let first = step(StepKind::Input, Role::User, input_text(&run.input));
-        if let Flow::Stop(end) = write(ctx, lease, cur.position, None, vec![first]).await? {
+        if let Flow::Stop(end) = write(ctx, lease, cur.position, None, vec![first], (0, 0)).await? {
             return Ok(end);
         }
     }
@@ -183,7 +189,17 @@ async fn step_loop(
     } else {
         None
     };
-    if let Some(decided) = decided {
+    if let Some(mut decided) = decided {
+        if decided.status == "approved" && decided.result.is_none() {
+            // A call recorded without a result (llm): made now that a person said yes, and
+            // recorded with the decision, once.
+            let call = runtime.call_tool(&decided.tool, &decided.arguments);
+            match until_deadline(lease, signal, call).await {
+                Wait::Done(Ok(r)) => decided.result = Some(r),
+                Wait::Done(Err(e)) => return Ok(failed(cur, e.0)),
+                Wait::Interrupted(end) => return Ok(end.with_output(cur.last_reply.clone())),
+            }
+        }
         match wait::apply_decision(&ctx.db, lease, &decided).await? {
             Written::Lost => return Ok(End::Lost),
             Written::Ok {
@@ -212,15 +228,7 @@ async fn step_loop(
         };
         let action = match until_deadline(lease, signal, runtime.next(&progress)).await {
             Wait::Done(Ok(a)) => a,
-            Wait::Done(Err(e)) => {
-                let err_step = step(StepKind::Error, Role::System, Some(e.0.clone()));
-                cur.pending.push(err_step);
-                return Ok(End::Finished(
-                    RunStatus::Failed,
-                    cur.last_reply.clone(),
-                    Some(e.0),
-                ));
-            }
+            Wait::Done(Err(e)) => return Ok(failed(cur, e.0)),
             Wait::Interrupted(end) => return Ok(end.with_output(cur.last_reply.clone())),
         };
         let new_steps = match action {
@@ -235,22 +243,15 @@ async fn step_loop(
                 requires_approval,
             } => {
                 if requires_approval || policy.requires(&name, &arguments) {
-                    if let Flow::Stop(end) = flush(ctx, lease, cur).await? {
-                        return Ok(end);
-                    }
                     let req = ApprovalRequest {
                         position: cur.position,
                         tool: &name,
                         arguments: &arguments,
-                        result: &result,
+                        result: Some(&result),
+                        call_id: None,
                         policy: &policy,
                     };
-                    let waiting = wait::wait_for_approval(&ctx.db, &ctx.queues, lease, req).await?;
-                    if waiting {
-                        ctx.lifecycle.doorbell().ring(lease.run);
-                        return Ok(End::Waiting);
-                    }
-                    return Ok(End::Lost);
+                    return wait_for_person(ctx, lease, cur, req).await;
                 }
                 let call_id = format!("call_{}", uuid::Uuid::now_v7().simple());
                 vec![
@@ -267,6 +268,61 @@ async fn step_loop(
                         ..step(StepKind::ToolResult, Role::Tool, None)
                     },
                 ]
+            }
+            Action::Model {
+                text,
+                calls,
+                input_tokens,
+                output_tokens,
+            } => {
+                cur.tokens.0 += input_tokens;
+                cur.tokens.1 += output_tokens;
+                let mut v = Vec::with_capacity(calls.len() + 1);
+                if let Some(text) = text {
+                    if calls.is_empty() {
+                        cur.last_reply = Some(text.clone());
+                    }
+                    v.push(step(StepKind::Message, Role::Assistant, Some(text)));
+                }
+                v.extend(calls.into_iter().map(|c| NewStep {
+                    tool_name: Some(c.name),
+                    tool_call_id: Some(c.id),
+                    arguments: Some(c.arguments),
+                    ..step(StepKind::ToolCall, Role::Assistant, None)
+                }));
+                v
+            }
+            Action::CallTool {
+                call_id,
+                name,
+                arguments,
+                requires_approval,
+            } => {
+                if requires_approval || policy.requires(&name, &arguments) {
+                    // The call is a step already; only the approval is added. The tool is
+                    // called by the worker that resumes the run after a yes.
+                    let req = ApprovalRequest {
+                        position: cur.position,
+                        tool: &name,
+                        arguments: &arguments,
+                        result: None,
+                        call_id: Some(&call_id),
+                        policy: &policy,
+                    };
+                    return wait_for_person(ctx, lease, cur, req).await;
+                }
+                let call = runtime.call_tool(&name, &arguments);
+                let result = match until_deadline(lease, signal, call).await {
+                    Wait::Done(Ok(r)) => r,
+                    Wait::Done(Err(e)) => return Ok(failed(cur, e.0)),
+                    Wait::Interrupted(end) => return Ok(end.with_output(cur.last_reply.clone())),
+                };
+                vec![NewStep {
+                    tool_name: Some(name),
+                    tool_call_id: Some(call_id),
+                    result: Some(result),
+                    ..step(StepKind::ToolResult, Role::Tool, None)
+                }]
             }
             Action::Sleep(d) => {
                 // Whatever happened before the pause is shown during it.
@@ -311,6 +367,30 @@ async fn step_loop(
     }
 }
 
+/// The run fails with `why`, recorded as its last step.
+fn failed(cur: &mut Cursor, why: String) -> End {
+    cur.pending
+        .push(step(StepKind::Error, Role::System, Some(why.clone())));
+    End::Finished(RunStatus::Failed, cur.last_reply.clone(), Some(why))
+}
+
+/// Writes what is pending, then running → waiting_approval with the call's approval.
+async fn wait_for_person(
+    ctx: &Ctx,
+    lease: &Lease,
+    cur: &mut Cursor,
+    req: ApprovalRequest<'_>,
+) -> Result<End, JobError> {
+    if let Flow::Stop(end) = flush(ctx, lease, cur).await? {
+        return Ok(end);
+    }
+    if wait::wait_for_approval(&ctx.db, &ctx.queues, lease, req).await? {
+        ctx.lifecycle.doorbell().ring(lease.run);
+        return Ok(End::Waiting);
+    }
+    Ok(End::Lost)
+}
+
 /// Writes the pending steps, if any.
 async fn flush(ctx: &Ctx, lease: &Lease, cur: &mut Cursor) -> Result<Flow, JobError> {
     if cur.pending.is_empty() {
@@ -323,7 +403,8 @@ async fn flush(ctx: &Ctx, lease: &Lease, cur: &mut Cursor) -> Result<Flow, JobEr
 async fn flush_always(ctx: &Ctx, lease: &Lease, cur: &mut Cursor) -> Result<Flow, JobError> {
     let steps = std::mem::take(&mut cur.pending);
     let output = cur.last_reply.clone();
-    write(ctx, lease, cur.position, output.as_deref(), steps).await
+    let tokens = std::mem::take(&mut cur.tokens);
+    write(ctx, lease, cur.position, output.as_deref(), steps, tokens).await
 }
 
 fn cancelled(output: Option<String>) -> End {
@@ -356,12 +437,15 @@ async fn write(
     position: i32,
     output: Option<&str>,
     new: Vec<NewStep>,
+    (input_tokens, output_tokens): (i64, i64),
 ) -> Result<Flow, JobError> {
     let w = StepWrite {
         lease: *lease,
         position,
         output: output.map(str::to_owned),
         steps: new,
+        input_tokens,
+        output_tokens,
     };
     match ctx.lifecycle.write(w).await? {
         Written::Lost => Ok(Flow::Stop(End::Lost)),

@@ -1,8 +1,13 @@
 //! Agent runtimes behind one trait. The executor asks a runtime for its next [`Action`]
 //! given what the run has done so far, persists it, and asks again until `Done` or `Fail`.
-//! Runtimes never write to the database themselves; that keeps resumption in one place.
+//! Runtimes never write a run's steps or state themselves; that keeps resumption in one
+//! place. The seam keeps apart what a runtime decides (a reply, a model turn with its tool
+//! calls and token counts, a tool call to make), what the executor does with it (asks for
+//! approval when needed, calls the tool through [`AnyRuntime::call_tool`], records the result
+//! once), and what streams without being stored (the llm runtime's text deltas).
 
 mod http;
+mod llm;
 mod scripted;
 mod template;
 
@@ -15,7 +20,7 @@ use agentq_shared::agents::Agent;
 use agentq_shared::runs::steps::Step;
 use agentq_shared::runs::Run;
 
-use crate::net::SafeClient;
+use crate::context::Ctx;
 
 /// What a runtime wants done next.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +38,32 @@ pub(crate) enum Action {
         /// Asked for a person's approval, whatever the agent's policy.
         requires_approval: bool,
     },
+    /// A model's turn (llm): its text and the tool calls it asks for (persisted, not yet
+    /// called), with the tokens it cost.
+    Model {
+        /// What it wrote; the run's output when there are no calls.
+        text: Option<String>,
+        /// Tools to call next.
+        calls: Vec<Call>,
+        /// Prompt tokens.
+        input_tokens: i64,
+        /// Completion tokens.
+        output_tokens: i64,
+    },
+    /// Make a tool call persisted earlier without its result (llm): the executor asks for a
+    /// person's approval first when the policy or the runtime says so, then calls it through
+    /// [`AnyRuntime::call_tool`] and records the result once.
+    CallTool {
+        /// The call's id.
+        call_id: String,
+        /// Tool name as the model saw it.
+        name: String,
+        /// Its arguments.
+        arguments: Value,
+        /// Asked for a person's approval, whatever the agent's policy (the MCP server's
+        /// `require_approval`).
+        requires_approval: bool,
+    },
     /// Wait before the next step.
     Sleep(Duration),
     /// End the run as failed.
@@ -42,6 +73,17 @@ pub(crate) enum Action {
         /// Output chosen by the runtime.
         output: Option<String>,
     },
+}
+
+/// A tool call a model asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Call {
+    /// Links the result to it.
+    pub(crate) id: String,
+    /// Tool name as the model saw it.
+    pub(crate) name: String,
+    /// Arguments (a JSON object).
+    pub(crate) arguments: Value,
 }
 
 /// Why a runtime could not go on. Every error here fails the run with its message;
@@ -69,20 +111,23 @@ pub(crate) trait Runtime {
 pub(crate) enum AnyRuntime {
     Scripted(scripted::Scripted),
     Http(http::HttpAgent),
+    /// Boxed: it carries the worker's context.
+    Llm(Box<llm::Llm>),
 }
 
 impl AnyRuntime {
     /// Builds the agent's runtime from its stored config.
-    pub(crate) fn for_agent(agent: &Agent, client: &SafeClient) -> Result<Self, RuntimeError> {
+    pub(crate) fn for_agent(agent: &Agent, ctx: &Ctx) -> Result<Self, RuntimeError> {
         match config::validate(&agent.runtime, &agent.config) {
             Ok(RuntimeConfig::Scripted(c)) => Ok(AnyRuntime::Scripted(scripted::Scripted::new(c))),
             Ok(RuntimeConfig::Http(c)) => {
-                Ok(AnyRuntime::Http(http::HttpAgent::new(c, client.clone())))
+                Ok(AnyRuntime::Http(http::HttpAgent::new(c, ctx.http.clone())))
             }
-            // Accepted by the API so agents can be set up; executed by a later version.
-            Ok(RuntimeConfig::Llm(_)) => Err(RuntimeError(
-                "the llm runtime is not available in this version".into(),
-            )),
+            Ok(RuntimeConfig::Llm(c)) => Ok(AnyRuntime::Llm(Box::new(llm::Llm::new(
+                c,
+                agent.team_id,
+                ctx.clone(),
+            )))),
             Err(e) => Err(RuntimeError(format!("agent config is invalid: {e}"))),
         }
     }
@@ -91,7 +136,23 @@ impl AnyRuntime {
 impl AnyRuntime {
     /// Whether the runtime reads the run's earlier steps (so the executor keeps them fresh).
     pub(crate) fn reads_history(&self) -> bool {
-        matches!(self, AnyRuntime::Http(_))
+        matches!(self, AnyRuntime::Http(_) | AnyRuntime::Llm(_))
+    }
+}
+
+impl AnyRuntime {
+    /// Calls a tool of the runtime's (only runtimes that answer [`Action::CallTool`] have any).
+    pub(crate) async fn call_tool(
+        &mut self,
+        name: &str,
+        arguments: &Value,
+    ) -> Result<Value, RuntimeError> {
+        match self {
+            AnyRuntime::Llm(r) => r.call_tool(name, arguments).await,
+            _ => Err(RuntimeError(format!(
+                "tool '{name}' cannot be called by this runtime"
+            ))),
+        }
     }
 }
 
@@ -100,6 +161,7 @@ impl Runtime for AnyRuntime {
         match self {
             AnyRuntime::Scripted(r) => r.next(p).await,
             AnyRuntime::Http(r) => r.next(p).await,
+            AnyRuntime::Llm(r) => r.next(p).await,
         }
     }
 }

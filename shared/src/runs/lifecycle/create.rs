@@ -311,8 +311,10 @@ async fn insert_runs(
         .map(|n| n.idempotency.as_ref().map(|i| i.request_hash.to_vec()))
         .collect();
     sqlx::query_as(&format!(
-        "INSERT INTO runs (id, team_id, agent_id, held, trigger_type, trigger, input, idempotency_key, request_hash)
-         SELECT d.id, d.team_id, d.agent_id, a.status = 'paused', d.kind, d.trigger, d.input, d.key, d.hash
+        "INSERT INTO runs (id, team_id, agent_id, held, trigger_type, trigger, input, idempotency_key, request_hash,
+                           conversation_id)
+         SELECT d.id, d.team_id, d.agent_id, a.status = 'paused', d.kind, d.trigger, d.input, d.key, d.hash,
+                (d.trigger->>'conversation_id')::uuid
          FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::jsonb[], $6::jsonb[], $7::text[], $8::bytea[])
               WITH ORDINALITY AS d(id, team_id, agent_id, kind, trigger, input, key, hash, ord)
          JOIN agents a ON a.id = d.agent_id AND a.team_id = d.team_id AND a.deleted_at IS NULL

@@ -148,6 +148,14 @@ pub async fn end_in(
         .iter()
         .map(|t| t.map_or(0, |w| w.tool_calls()))
         .collect();
+    let input_tokens: Vec<i64> = tails
+        .iter()
+        .map(|t| t.map_or(0, |w| w.input_tokens))
+        .collect();
+    let output_tokens: Vec<i64> = tails
+        .iter()
+        .map(|t| t.map_or(0, |w| w.output_tokens))
+        .collect();
     let step_rows = StepRows::of(tails.iter().flatten().copied());
     // Every ending's guard is the same set (an ending's status never widens `from`), so one
     // array serves the statement.
@@ -155,18 +163,22 @@ pub async fn end_in(
     let sql = format!(
         "WITH d AS (
             SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[],
-                                 $7::int[], $8::int[], $9::text[], $10::int[])
-                AS d(id, attempt, status, output, error, n, position, tail_output, tool_calls)
+                                 $7::int[], $8::int[], $9::text[], $10::int[], $21::bigint[], $22::bigint[])
+                AS d(id, attempt, status, output, error, n, position, tail_output, tool_calls,
+                     input_tokens, output_tokens)
          ), f AS (
             UPDATE runs r SET status = d.status, finished_at = now(),
                    output = coalesce(d.output, d.tail_output, r.output),
                    error = d.error, cancel_requested = false, held = false, parked = false,
                    next_seq = r.next_seq + d.n, script_pos = coalesce(d.position, r.script_pos),
                    tool_calls = r.tool_calls + d.tool_calls,
+                   input_tokens = r.input_tokens + d.input_tokens,
+                   output_tokens = r.output_tokens + d.output_tokens,
                    usage = CASE WHEN r.started_at IS NULL THEN NULL ELSE jsonb_build_object(
                        'duration_ms', (extract(epoch FROM now() - r.started_at) * 1000)::bigint,
                        'steps', r.next_seq + d.n - 1, 'tool_calls', r.tool_calls + d.tool_calls,
-                       'input_tokens', r.input_tokens, 'output_tokens', r.output_tokens) END
+                       'input_tokens', r.input_tokens + d.input_tokens,
+                       'output_tokens', r.output_tokens + d.output_tokens) END
             FROM d
             WHERE r.id = d.id AND (d.attempt IS NULL OR r.attempts = d.attempt) AND r.status = ANY($6)
             RETURNING r.*, r.next_seq - d.n AS first_seq
@@ -204,7 +216,12 @@ pub async fn end_in(
         .bind(&positions)
         .bind(&tail_outputs)
         .bind(&tool_calls);
-    let ended: Vec<Run> = step_rows.bind(query).fetch_all(&mut *conn).await?;
+    let ended: Vec<Run> = step_rows
+        .bind(query)
+        .bind(&input_tokens)
+        .bind(&output_tokens)
+        .fetch_all(&mut *conn)
+        .await?;
     let events: Vec<NewEvent> = ended
         .iter()
         .map(|r| NewEvent::of_run(event_type(r.status), r))

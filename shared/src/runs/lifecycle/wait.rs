@@ -2,7 +2,9 @@
 //! waiting_approval, with the call's steps, the approval, a notification and
 //! `approval.requested`, and the agent slot handed on), and no worker waits. A decision puts
 //! the run back in the queue (waiting_approval → queued) or fails it; the worker that resumes
-//! it records the decided call's result once ([`apply_decision`]) and goes on.
+//! it records the decided call's result once ([`apply_decision`]) and goes on. A call whose
+//! result is not known in advance (an llm agent's MCP tool) is made by that worker after the
+//! approval, then recorded the same way.
 
 use chrono::Utc;
 use serde_json::Value;
@@ -27,8 +29,11 @@ pub struct ApprovalRequest<'a> {
     pub tool: &'a str,
     /// Its arguments.
     pub arguments: &'a Value,
-    /// The result to record once approved.
-    pub result: &'a Value,
+    /// The result to record once approved; None when the tool is to be called after the
+    /// approval (the resuming worker calls it and records its result).
+    pub result: Option<&'a Value>,
+    /// The id of a call already recorded as a step (then only the approval step is written).
+    pub call_id: Option<&'a str>,
     /// The agent's policy (timeout, what rejection and expiry do).
     pub policy: &'a Policy,
 }
@@ -42,33 +47,40 @@ pub async fn wait_for_approval(
     req: ApprovalRequest<'_>,
 ) -> Result<bool, sqlx::Error> {
     let approval_id = Uuid::now_v7();
-    let call_id = format!("call_{}", Uuid::now_v7().simple());
+    let call_id = req
+        .call_id
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("call_{}", Uuid::now_v7().simple()));
     let expires_at = Utc::now() + chrono::Duration::seconds(req.policy.timeout_seconds);
+    let mut steps = Vec::with_capacity(2);
+    if req.call_id.is_none() {
+        steps.push(NewStep {
+            tool_name: Some(req.tool.to_owned()),
+            tool_call_id: Some(call_id.clone()),
+            arguments: Some(req.arguments.clone()),
+            ..NewStep::new(StepKind::ToolCall, Role::Assistant, None)
+        });
+    }
+    steps.push(NewStep {
+        tool_name: Some(req.tool.to_owned()),
+        tool_call_id: Some(call_id.clone()),
+        arguments: Some(req.arguments.clone()),
+        result: Some(serde_json::json!({"approval_id": approval_id, "expires_at": expires_at})),
+        ..NewStep::new(
+            StepKind::ApprovalRequested,
+            Role::System,
+            Some(format!("waiting for a person to approve {}", req.tool)),
+        )
+    });
+    // The approval step's sequence number, from the first written.
+    let approval_offset = steps.len() as i32 - 1;
     let write = StepWrite {
         lease: *lease,
         position: req.position,
         output: None,
-        steps: vec![
-            NewStep {
-                tool_name: Some(req.tool.to_owned()),
-                tool_call_id: Some(call_id.clone()),
-                arguments: Some(req.arguments.clone()),
-                ..NewStep::new(StepKind::ToolCall, Role::Assistant, None)
-            },
-            NewStep {
-                tool_name: Some(req.tool.to_owned()),
-                tool_call_id: Some(call_id.clone()),
-                arguments: Some(req.arguments.clone()),
-                result: Some(
-                    serde_json::json!({"approval_id": approval_id, "expires_at": expires_at}),
-                ),
-                ..NewStep::new(
-                    StepKind::ApprovalRequested,
-                    Role::System,
-                    Some(format!("waiting for a person to approve {}", req.tool)),
-                )
-            },
-        ],
+        input_tokens: 0,
+        output_tokens: 0,
+        steps,
     };
     let mut tx = pool.begin().await?;
     let Some(Written::Ok { first_seq, .. }) = write_in(&mut tx, &[&write]).await?.pop() else {
@@ -96,7 +108,7 @@ pub async fn wait_for_approval(
     .bind(req.result)
     .bind(&call_id)
     .bind(req.position)
-    .bind(first_seq + 1)
+    .bind(first_seq + approval_offset)
     .bind(req.policy.on_reject.as_str())
     .bind(req.policy.on_expire.as_str())
     .bind(expires_at)
@@ -137,8 +149,10 @@ pub struct Decided {
     pub status: String,
     /// The tool.
     pub tool: String,
-    /// The result to record if approved.
+    /// The result to record if approved; None when the tool is to be called now.
     pub result: Option<Value>,
+    /// The call's arguments.
+    pub arguments: Value,
     /// Links the call and its result.
     pub tool_call_id: String,
     /// The runtime's position of the call.
@@ -148,7 +162,7 @@ pub struct Decided {
 /// The run's decided approval still to record, if any.
 pub async fn decided_approval(pool: &PgPool, run: RunId) -> Result<Option<Decided>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, status, tool, result, tool_call_id, position FROM approvals
+        "SELECT id, status, tool, result, arguments, tool_call_id, position FROM approvals
          WHERE run_id = $1 AND status IN ('approved', 'rejected', 'expired') AND applied_at IS NULL
          ORDER BY id LIMIT 1",
     )
@@ -174,6 +188,8 @@ pub async fn apply_decision(
         lease: *lease,
         position: d.position + 1,
         output: None,
+        input_tokens: 0,
+        output_tokens: 0,
         steps: vec![NewStep {
             tool_name: Some(d.tool.clone()),
             tool_call_id: Some(d.tool_call_id.clone()),

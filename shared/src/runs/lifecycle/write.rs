@@ -1,6 +1,6 @@
 //! Step: what a running run did, appended under its lease. One statement writes the steps
 //! of many runs (and moves each run's resume point, next sequence number and tool-call
-//! count), so both or neither happen for each run; heartbeats are batched the same way.
+//! count, and model token counts), so both or neither happen for each run; heartbeats are batched the same way.
 
 use std::collections::{HashMap, HashSet};
 
@@ -58,6 +58,10 @@ pub struct StepWrite {
     pub output: Option<String>,
     /// The steps, in order.
     pub steps: Vec<NewStep>,
+    /// Model tokens these steps consumed (prompt), added to the run's count.
+    pub input_tokens: i64,
+    /// Model tokens these steps produced (completion), added to the run's count.
+    pub output_tokens: i64,
 }
 
 impl StepWrite {
@@ -201,15 +205,20 @@ pub(crate) async fn write_in(
     let counts: Vec<i32> = writes.iter().map(|w| w.steps.len() as i32).collect();
     let positions: Vec<i32> = writes.iter().map(|w| w.position).collect();
     let outputs: Vec<Option<&str>> = writes.iter().map(|w| w.output.as_deref()).collect();
+    let input_tokens: Vec<i64> = writes.iter().map(|w| w.input_tokens).collect();
+    let output_tokens: Vec<i64> = writes.iter().map(|w| w.output_tokens).collect();
     let tool_calls: Vec<i32> = writes.iter().map(|w| w.tool_calls()).collect();
     let rows_of_steps = StepRows::of(writes.iter().copied());
     let sql = format!(
         "WITH d AS (
-            SELECT * FROM unnest($1::uuid[], $2::int[], $3::int[], $4::int[], $5::text[], $6::int[])
-                AS d(id, attempt, n, position, output, tool_calls)
+            SELECT * FROM unnest($1::uuid[], $2::int[], $3::int[], $4::int[], $5::text[], $6::int[],
+                                 $17::bigint[], $18::bigint[])
+                AS d(id, attempt, n, position, output, tool_calls, input_tokens, output_tokens)
          ), r AS (
             UPDATE runs SET next_seq = runs.next_seq + d.n, script_pos = d.position, heartbeat_at = now(),
-                   output = coalesce(d.output, runs.output), tool_calls = runs.tool_calls + d.tool_calls
+                   output = coalesce(d.output, runs.output), tool_calls = runs.tool_calls + d.tool_calls,
+                   input_tokens = runs.input_tokens + d.input_tokens,
+                   output_tokens = runs.output_tokens + d.output_tokens
             FROM d
             WHERE runs.id = d.id AND runs.attempts = d.attempt AND runs.status = 'running'
             RETURNING runs.id, runs.team_id, runs.agent_id, runs.next_seq - d.n AS first_seq, runs.cancel_requested
@@ -230,7 +239,12 @@ pub(crate) async fn write_in(
         .bind(&positions)
         .bind(&outputs)
         .bind(&tool_calls);
-    let rows: Vec<(RunId, i32, bool)> = rows_of_steps.bind(query).fetch_all(&mut *conn).await?;
+    let rows: Vec<(RunId, i32, bool)> = rows_of_steps
+        .bind(query)
+        .bind(&input_tokens)
+        .bind(&output_tokens)
+        .fetch_all(&mut *conn)
+        .await?;
     let by_run: HashMap<RunId, (i32, bool)> =
         rows.into_iter().map(|(id, s, c)| (id, (s, c))).collect();
     Ok(runs
