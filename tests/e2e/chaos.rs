@@ -432,4 +432,39 @@ async fn every_run_ends_once_through_every_fault() {
             r.outcome
         );
     }
+    checks_catch_breakage(&bed.pool, &load.accepted(), receiver.seen()).await;
+}
+
+/// The checks themselves, against breakage made by hand: a step written twice, an event the
+/// receiver never got, and a `webhook-id` that came with two bodies are each counted.
+async fn checks_catch_breakage(
+    pool: &PgPool,
+    accepted: &[String],
+    mut seen: std::collections::HashMap<String, Vec<String>>,
+) {
+    sqlx::query(
+        "INSERT INTO run_steps (id, run_id, seq, team_id, agent_id, kind, role, content) \
+         SELECT gen_random_uuid(), run_id, seq + 10000, team_id, agent_id, kind, role, content \
+         FROM run_steps WHERE kind = 'message' LIMIT 1",
+    )
+    .execute(pool)
+    .await
+    .expect("a step written twice, by hand");
+    let mut ids: Vec<String> = seen.keys().cloned().collect();
+    ids.sort();
+    seen.remove(&ids[0]);
+    seen.get_mut(&ids[1])
+        .expect("a delivered id")
+        .push("{}".into());
+    let all = Window {
+        since: chrono::DateTime::<Utc>::UNIX_EPOCH,
+        fault_start: Utc::now(),
+        fault_end: Utc::now(),
+    };
+    let o = check::outcome(pool, all, accepted, &seen).await.unwrap();
+    assert_eq!(
+        (o.duplicated, o.undelivered, o.unstable_ids),
+        (1, 1, 1),
+        "the checks see breakage: {o:?}"
+    );
 }
