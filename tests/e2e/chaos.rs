@@ -17,6 +17,7 @@ mod load;
 mod stores;
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -322,6 +323,8 @@ async fn prepare(bed: &Bed, receiver: &Receiver, plan: &Plan) -> Load {
 
 struct Row {
     fault: Fault,
+    /// Triggers not accepted during this fault's phase (503s, or no answer within 5 s).
+    refused: usize,
     note: String,
     settled: bool,
     outcome: Outcome,
@@ -335,15 +338,16 @@ fn secs(d: Option<Duration>) -> String {
 fn print_table(rows: &[Row], took: Duration) {
     println!();
     println!(
-        "| fault | runs | in flight | lost | duplicated | not succeeded | events delivered | redelivered | stuck approvals | first run done | all in flight done | note |"
+        "| fault | runs | refused | in flight | lost | duplicated | not succeeded | events delivered | redelivered | stuck approvals | first run done | all in flight done | note |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for r in rows {
         let o = &r.outcome;
         println!(
-            "| {} | {} | {} | {} | {} | {} | {}/{}{} | {} | {} | {} | {} | {}{} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {}/{}{} | {} | {} | {} | {} | {}{} |",
             r.fault.name(),
             o.runs,
+            r.refused,
             o.in_flight,
             o.lost,
             o.duplicated,
@@ -394,6 +398,7 @@ async fn every_run_ends_once_through_every_fault() {
     for _ in 0..plan.rounds {
         for &fault in &faults {
             let since = Utc::now();
+            let refused_before = load.tally.refused.load(Ordering::SeqCst);
             load.resume();
             tokio::time::sleep(plan.lead).await;
             let fault_start = Utc::now();
@@ -412,6 +417,7 @@ async fn every_run_ends_once_through_every_fault() {
                 .expect("the invariants can be read");
             rows.push(Row {
                 fault,
+                refused: load.tally.refused.load(Ordering::SeqCst) - refused_before,
                 note,
                 settled,
                 outcome,
@@ -419,7 +425,7 @@ async fn every_run_ends_once_through_every_fault() {
         }
     }
     print_table(&rows, started.elapsed());
-    let refused = load.tally.refused.load(std::sync::atomic::Ordering::SeqCst);
+    let refused = load.tally.refused.load(Ordering::SeqCst);
     println!(
         "{} runs accepted, {refused} triggers refused or unanswered",
         load.accepted().len()
