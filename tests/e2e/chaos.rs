@@ -144,7 +144,7 @@ impl Bed {
             .collect();
         env.extend(
             [
-                ("REDIS_URL", format!("redis://{}", proxy.addr)),
+                ("REDIS_URL", redis_url_for(&proxy, &redis)),
                 (
                     "AGENTQ_WEBHOOK_RETRY_SCHEDULE",
                     "0s,500ms,1s,1s,2s,2s,3s,5s,5s,5s".into(),
@@ -249,6 +249,16 @@ impl Bed {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         "no takeover within 20s".into()
+    }
+}
+
+/// Through the delay proxy; straight to Redis with `AGENTQ_CHAOS_DIRECT=1` (no delay fault
+/// then), to tell the proxy's part in a result from agentq's.
+fn redis_url_for(proxy: &DelayProxy, redis: &PrivateRedis) -> String {
+    if std::env::var("AGENTQ_CHAOS_DIRECT").is_ok_and(|v| v == "1") {
+        format!("redis://127.0.0.1:{}", redis.port)
+    } else {
+        format!("redis://{}", proxy.addr)
     }
 }
 
