@@ -7,6 +7,7 @@ mod agents;
 mod api_keys;
 mod approvals;
 mod audit_logs;
+mod chaos;
 mod cli;
 mod credentials;
 mod errors;
