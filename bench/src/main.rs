@@ -12,6 +12,7 @@ mod drain;
 mod gateway;
 mod inbound;
 mod inflight;
+mod llm;
 mod load;
 mod observe;
 mod procs;
@@ -57,6 +58,9 @@ enum Scenario {
     Inbound(inbound::Args),
     /// Rate limits and request logs on against off: two api processes, the same GET.
     Gateway(gateway::Args),
+    /// An `llm` agent on a scripted streaming model: chats/s and first-token latency through
+    /// `/chat/stream`, beside the bare model server.
+    Llm(llm::Args),
     /// A backlog of N one-step runs built with no worker running, then drained by W workers:
     /// runs/s beside BullMQ's drain of N no-op jobs, signals/s beside Postgres INSERTs/s,
     /// transactions and Redis commands per run, max_concurrent_runs held, every row checked.
@@ -96,6 +100,7 @@ async fn run(cli: Cli, binary: std::path::PathBuf) -> anyhow::Result<()> {
                 Scenario::Webhooks(args) => webhooks::run(&mut stack, args).await,
                 Scenario::Inbound(args) => inbound::run(&mut stack, args).await,
                 Scenario::Gateway(args) => gateway::run(&mut stack, args).await,
+                Scenario::Llm(args) => llm::run(&mut stack, args).await,
                 Scenario::Drain(args) => drain::run(&mut stack, args).await,
                 Scenario::Inflight(args) => inflight::run(&mut stack, args).await,
             }
