@@ -158,10 +158,12 @@ impl AnyRuntime {
 
 impl Runtime for AnyRuntime {
     async fn next(&mut self, p: &Progress<'_>) -> Result<Action, RuntimeError> {
+        // Boxed: an enum's future is as large as its largest variant's, and every run in
+        // flight would otherwise carry the llm runtime's (streaming, MCP) state in its task.
         match self {
             AnyRuntime::Scripted(r) => r.next(p).await,
-            AnyRuntime::Http(r) => r.next(p).await,
-            AnyRuntime::Llm(r) => r.next(p).await,
+            AnyRuntime::Http(r) => Box::pin(r.next(p)).await,
+            AnyRuntime::Llm(r) => Box::pin(r.next(p)).await,
         }
     }
 }
