@@ -14,6 +14,7 @@ mod inbound;
 mod inflight;
 mod llm;
 mod load;
+mod mcp;
 mod observe;
 mod procs;
 mod proxy;
@@ -68,6 +69,9 @@ enum Scenario {
     /// N runs in flight on a slow `http` agent in one worker: its RSS and the Postgres
     /// connections of each agentq process against AGENTQ_DB_MAX_CONNECTIONS.
     Inflight(inflight::Args),
+    /// A scripted agent over MCP (`tools/call send_message`, seed 000's bare POST) beside
+    /// `POST /chat` on the same server: round trips/s and latency, in alternating rounds.
+    Mcp(mcp::Args),
 }
 
 #[tokio::main]
@@ -103,6 +107,7 @@ async fn run(cli: Cli, binary: std::path::PathBuf) -> anyhow::Result<()> {
                 Scenario::Llm(args) => llm::run(&mut stack, args).await,
                 Scenario::Drain(args) => drain::run(&mut stack, args).await,
                 Scenario::Inflight(args) => inflight::run(&mut stack, args).await,
+                Scenario::Mcp(args) => mcp::run(&mut stack, args).await,
             }
         } => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
