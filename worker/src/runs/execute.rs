@@ -58,7 +58,7 @@ pub(super) async fn execute(
         End::Finished(status, output, error) => {
             let mut ending = Ending::finish(&lease, status, output, error);
             ending.steps = tail;
-            if ctx.lifecycle.finish(ending).await? {
+            if Box::pin(ctx.lifecycle.finish(ending)).await? {
                 tracing::info!(status = %status, "run finished");
             }
         }
@@ -177,7 +177,9 @@ async fn step_loop(
     // still lack it.
     if run.next_seq == 1 {
         let first = step(StepKind::Input, Role::User, input_text(&run.input));
-        if let Flow::Stop(end) = write(ctx, lease, cur.position, None, vec![first], (0, 0)).await? {
+        if let Flow::Stop(end) =
+            Box::pin(write(ctx, lease, cur.position, None, vec![first], (0, 0))).await?
+        {
             return Ok(end);
         }
     }
@@ -185,7 +187,7 @@ async fn step_loop(
     // first execution cannot have one, so it skips the lookup.)
     let resumed = lease.attempt > 1;
     let decided = if resumed {
-        wait::decided_approval(&ctx.db, run.id).await?
+        Box::pin(wait::decided_approval(&ctx.db, run.id)).await?
     } else {
         None
     };
@@ -193,14 +195,14 @@ async fn step_loop(
         if decided.status == "approved" && decided.result.is_none() {
             // A call recorded without a result (llm): made now that a person said yes, and
             // recorded with the decision, once.
-            let call = runtime.call_tool(&decided.tool, &decided.arguments);
+            let call = Box::pin(runtime.call_tool(&decided.tool, &decided.arguments));
             match until_deadline(lease, signal, call).await {
                 Wait::Done(Ok(r)) => decided.result = Some(r),
                 Wait::Done(Err(e)) => return Ok(failed(cur, e.0)),
                 Wait::Interrupted(end) => return Ok(end.with_output(cur.last_reply.clone())),
             }
         }
-        match wait::apply_decision(&ctx.db, lease, &decided).await? {
+        match Box::pin(wait::apply_decision(&ctx.db, lease, &decided)).await? {
             Written::Lost => return Ok(End::Lost),
             Written::Ok {
                 cancel_requested, ..
@@ -213,7 +215,7 @@ async fn step_loop(
             }
         }
     }
-    cur.refresh(ctx, run.id).await?;
+    Box::pin(cur.refresh(ctx, run.id)).await?;
     loop {
         match *signal.borrow() {
             Signal::Cancel => return Ok(cancelled(cur.last_reply.clone())),
@@ -251,7 +253,7 @@ async fn step_loop(
                         call_id: None,
                         policy: &policy,
                     };
-                    return wait_for_person(ctx, lease, cur, req).await;
+                    return Box::pin(wait_for_person(ctx, lease, cur, req)).await;
                 }
                 let call_id = format!("call_{}", uuid::Uuid::now_v7().simple());
                 vec![
@@ -309,9 +311,10 @@ async fn step_loop(
                         call_id: Some(&call_id),
                         policy: &policy,
                     };
-                    return wait_for_person(ctx, lease, cur, req).await;
+                    return Box::pin(wait_for_person(ctx, lease, cur, req)).await;
                 }
-                let call = runtime.call_tool(&name, &arguments);
+                // Boxed, like the runtime's `next`: the call's state lives only while it runs.
+                let call = Box::pin(runtime.call_tool(&name, &arguments));
                 let result = match until_deadline(lease, signal, call).await {
                     Wait::Done(Ok(r)) => r,
                     Wait::Done(Err(e)) => return Ok(failed(cur, e.0)),
@@ -326,7 +329,7 @@ async fn step_loop(
             }
             Action::Sleep(d) => {
                 // Whatever happened before the pause is shown during it.
-                if let Flow::Stop(end) = flush(ctx, lease, cur).await? {
+                if let Flow::Stop(end) = Box::pin(flush(ctx, lease, cur)).await? {
                     return Ok(end.with_output(cur.last_reply.clone()));
                 }
                 if let Wait::Interrupted(end) =
@@ -359,10 +362,10 @@ async fn step_loop(
         if cur.reads_history || cur.pending.is_empty() {
             // A runtime that reads its history needs its steps in Postgres before it goes
             // on; a sleep moves the resume point.
-            if let Flow::Stop(end) = flush_always(ctx, lease, cur).await? {
+            if let Flow::Stop(end) = Box::pin(flush_always(ctx, lease, cur)).await? {
                 return Ok(end.with_output(cur.last_reply.clone()));
             }
-            cur.refresh(ctx, run.id).await?;
+            Box::pin(cur.refresh(ctx, run.id)).await?;
         }
     }
 }

@@ -198,6 +198,19 @@ impl Runtime for HttpAgent {
 mod tests {
     use super::*;
 
+    /// The http runtime's step is what a run waiting on a slow agent holds (see
+    /// runs::tests::a_run_job_is_small_while_it_waits).
+    #[test]
+    fn its_step_is_small_while_it_waits() {
+        let size = crate::runs::tests::future_size(
+            |a: (&'static mut HttpAgent, &'static Progress<'static>)| a.0.next(a.1),
+        );
+        assert!(
+            size <= 2048,
+            "the http runtime's step future is {size} bytes"
+        );
+    }
+
     #[test]
     fn answers_are_checked() {
         assert!(parse_answer(&json!({"steps": [{"reply": "hi"}], "output": "hi"})).is_ok());
