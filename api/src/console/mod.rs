@@ -41,7 +41,10 @@ const ASSETS: &[(&str, &str, &str)] = &[
 pub(crate) fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route(CONSOLE_PATH, get(index))
-        .route(&format!("{CONSOLE_PATH}/"), get(|| async { Redirect::permanent(CONSOLE_PATH) }))
+        .route(
+            &format!("{CONSOLE_PATH}/"),
+            get(|| async { Redirect::permanent(CONSOLE_PATH) }),
+        )
         .route(&format!("{CONSOLE_PATH}/{{*file}}"), get(asset))
         .layer(axum::middleware::map_response(secure))
 }
@@ -75,10 +78,19 @@ async fn asset(axum::extract::Path(file): axum::extract::Path<String>) -> Respon
 /// Adds the console's security headers to a response.
 async fn secure(mut resp: Response) -> Response {
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(
         HeaderName::from_static("cross-origin-opener-policy"),
         HeaderValue::from_static("same-origin"),
@@ -104,7 +116,8 @@ mod tests {
             for scheme in ["http://", "https://", "//cdn", "@import"] {
                 // The SVG namespace is a name, not a request.
                 let hits = text.matches(scheme).count()
-                    - text.matches("http://www.w3.org/2000/svg").count() * usize::from(scheme == "http://");
+                    - text.matches("http://www.w3.org/2000/svg").count()
+                        * usize::from(scheme == "http://");
                 assert_eq!(hits, 0, "an asset names {scheme}");
             }
         }

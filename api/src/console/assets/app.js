@@ -1,6 +1,6 @@
 // agentq console: a no-build client. Every page is fed by the public API under /api/v1,
 // with the API key from sessionStorage sent as `Authorization: Bearer`. The DOM is built
-// with createElement and textContent only (never innerHTML), so no API value is ever markup.
+// with createElement and text nodes only, so no API value is ever parsed as markup.
 
 const KEY = "agentq.console.key";
 const SELF = "agentq.console.self";
@@ -788,6 +788,7 @@ async function runPage(page, ctx, id) {
   const streamNote = h("p", { class: "muted" });
   page.append(head, h("h2", {}, "Steps"), streamNote, steps);
   let run = await get(`/runs/${id}`);
+  const agentName = await get(`/agents/${run.agent_id}`).then((a) => a.name, () => null);
   if (ctx !== current) return;
   const drawHead = () => {
     const out = h("div", {});
@@ -797,16 +798,16 @@ async function runPage(page, ctx, id) {
       say("Cancel requested");
       drawHead();
     }));
-    head.replaceChildren(h("div", { class: "card" },
+    head.replaceChildren(h("div", {}, h("div", { class: "card" },
       h("p", {}, "Status: ", h("span", { id: "run-status" }, statusTag(run.status)), " · agent ",
-        h("a", { href: `#/agents/${run.agent_id}` }, short(run.agent_id)), ` · trigger ${run.trigger?.type || ""}`),
+        h("a", { href: `#/agents/${run.agent_id}` }, agentName || short(run.agent_id)), ` · trigger ${run.trigger?.type || ""}`),
       h("p", { class: "muted" }, `Created ${when(run.created_at)} · started ${when(run.started_at)} · finished ${when(run.finished_at)} · attempts ${run.attempts}`),
       !FINAL.includes(run.status) && hasScope("signals:write") ? h("p", {}, cancel, out) : null),
     h("h2", {}, "Input"), h("pre", {}, typeof run.input === "string" ? run.input : pretty(run.input)),
     h("h2", {}, "Output"), h("pre", { id: "run-output" }, run.output === null || run.output === undefined ? "—" : (typeof run.output === "string" ? run.output : pretty(run.output))),
     run.error ? [h("h2", {}, "Error"), alertBox("error", run.error)] : null,
     h("h2", {}, "Usage"), run.usage ? h("dl", { class: "grid card" }, Object.entries(run.usage).map(([k, v]) =>
-      h("div", {}, h("dt", { class: "muted" }, k.replace(/_/g, " ")), h("dd", {}, typeof v === "object" ? pretty(v) : v)))) : h("p", { class: "muted" }, "Written when the run ends."));
+      h("div", {}, h("dt", { class: "muted" }, k.replace(/_/g, " ")), h("dd", {}, typeof v === "object" ? pretty(v) : v)))) : h("p", { class: "muted" }, "Written when the run ends.")));
   };
   drawHead();
   let lastId = null;
@@ -1086,22 +1087,37 @@ async function usagePage(page, ctx) {
   page.append(h("p", { class: "muted" }, `${when(u.from)} to ${when(u.to)}`),
     h("dl", { class: "grid card" }, [["Runs", t.runs], ["Steps", t.steps], ["Tool calls", t.tool_calls], ["Run time", `${(t.duration_ms / 1000).toFixed(1)} s`],
       ["Input tokens", t.input_tokens], ["Output tokens", t.output_tokens]].map(([k, v]) => h("div", {}, h("dt", { class: "muted" }, k), h("dd", {}, String(v))))),
-    h("h2", {}, "Runs by day"), h("div", { class: "card" }, chart(u.by_day)));
+    h("h2", {}, "Runs by day"), h("div", { class: "card" }, chart(everyDay(u))));
   const names = new Map(agents.map((a) => [a.id, a.name]));
   page.append(h("h2", {}, "By agent"), h("div", { class: "card" }, table(["Agent", "Runs", "Steps", "Tool calls", "Input tokens", "Output tokens"],
     u.by_agent.map((a) => [names.get(a.agent_id) || short(a.agent_id), a.runs, a.steps, a.tool_calls, a.input_tokens, a.output_tokens].map(String)), "No usage in this range.")));
 }
 
+// The report's days, with the days that had no run filled in, so the chart is a calendar.
+function everyDay(u) {
+  const had = new Map(u.by_day.map((d) => [d.date, d]));
+  const out = [];
+  const end = new Date(u.to);
+  for (let d = new Date(u.from); d < end && out.length < 400; d = new Date(d.getTime() + 86400000)) {
+    const date = d.toISOString().slice(0, 10);
+    out.push(had.get(date) || { date, runs: 0 });
+  }
+  const last = end.toISOString().slice(0, 10);
+  if (had.has(last) && !out.some((d) => d.date === last)) out.push(had.get(last));
+  return out;
+}
+
 function chart(days) {
-  if (!days.length) return h("p", { class: "muted" }, "No runs in this range.");
+  if (!days.some((d) => d.runs > 0)) return h("p", { class: "muted" }, "No runs in this range.");
   const max = Math.max(1, ...days.map((d) => d.runs));
   const w = 600, top = 10, bottom = 30, barH = 150, step = w / days.length;
   const bars = days.map((d, i) => {
-    const hgt = Math.max(1, (d.runs / max) * barH);
+    const hgt = d.runs ? Math.max(2, (d.runs / max) * barH) : 0;
     const rect = svg("rect", { x: (i * step + step * 0.15).toFixed(1), y: (top + barH - hgt).toFixed(1), width: (step * 0.7).toFixed(1), height: hgt.toFixed(1) },
       svg("title", {}, `${d.date}: ${d.runs} runs`));
     const label = svg("text", { x: (i * step + step / 2).toFixed(1), y: top + barH + 14, "text-anchor": "middle" }, d.date.slice(5));
-    return [rect, days.length <= 31 ? label : null];
+    const every = Math.ceil(days.length / 10);
+    return [rect, (days.length - 1 - i) % every === 0 ? label : null];
   }).flat().filter(Boolean);
   return h("figure", {},
     svg("svg", { class: "chart", viewBox: `0 0 ${w} ${top + barH + bottom}`, role: "img", "aria-label": `Runs per day, highest ${max}` }, ...bars),
@@ -1151,13 +1167,14 @@ async function notificationsPage(page, ctx) {
 
 // ---- start ---------------------------------------------------------------------------------
 
+function closeMenu() {
+  document.getElementById("nav").classList.remove("open");
+  document.getElementById("menu-toggle").setAttribute("aria-expanded", "false");
+}
+
 window.addEventListener("hashchange", () => {
+  closeMenu();
   render();
-  const nav = document.getElementById("nav");
-  if (window.matchMedia("(max-width: 720px)").matches) {
-    nav.hidden = true;
-    document.getElementById("menu-toggle").setAttribute("aria-expanded", "false");
-  }
   document.getElementById("main").focus({ preventScroll: true });
 });
 window.addEventListener("unhandledrejection", (ev) => {
@@ -1165,9 +1182,7 @@ window.addEventListener("unhandledrejection", (ev) => {
   if (ev.reason && ev.reason.name === "AbortError") ev.preventDefault();
 });
 document.getElementById("menu-toggle").addEventListener("click", (ev) => {
-  const nav = document.getElementById("nav");
-  nav.hidden = !nav.hidden;
-  ev.currentTarget.setAttribute("aria-expanded", String(!nav.hidden));
+  const open = document.getElementById("nav").classList.toggle("open");
+  ev.currentTarget.setAttribute("aria-expanded", String(open));
 });
-if (window.matchMedia("(min-width: 721px)").matches) document.getElementById("nav").hidden = false;
 render();
