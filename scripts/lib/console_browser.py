@@ -103,8 +103,18 @@ def no_overflow(page):
     assert over <= 0, f"{page.url} is {over} px wider than the window"
 
 
+# Every visible control has an accessible name (a label, aria-label(ledby), or its text).
+UNNAMED = """() => [...document.querySelectorAll('input, select, textarea, button, a[href]')]
+  .filter((el) => el.offsetParent !== null && el.type !== 'hidden')
+  .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
+    && !el.getAttribute('aria-labelledby') && !(el.textContent || '').trim())
+  .map((el) => el.outerHTML.slice(0, 120))"""
+
+
 def shoot(page, name):
-    """Screenshots at 1440 px and 375 px, each without horizontal overflow."""
+    """Screenshots at 1440 px and 375 px, each without horizontal overflow, every control named."""
+    unnamed = page.evaluate(UNNAMED)
+    assert not unnamed, f"controls without an accessible name on {name}: {unnamed}"
     for width, height, tag in ((1440, 900, "desktop"), (375, 800, "mobile")):
         page.set_viewport_size({"width": width, "height": height})
         page.wait_for_timeout(150)
@@ -137,8 +147,10 @@ def main():
         def sign_in(key=ADMIN):
             page.goto(CONSOLE)
             expect(page.get_by_role("heading", name="Sign in to the agentq console")).to_be_visible()
-            page.get_by_label("API key").fill(key)
-            page.get_by_role("button", name="Sign in").click()
+            # By keyboard: the field has the focus, Enter submits.
+            expect(page.get_by_label("API key")).to_be_focused()
+            page.keyboard.type(key)
+            page.keyboard.press("Enter")
             expect(page.get_by_role("heading", level=1)).to_have_text("Agents")
             stored = page.evaluate("JSON.stringify(sessionStorage)")
             assert key in stored, "the key is not in session storage"
@@ -205,8 +217,11 @@ def main():
             page.reload()
             expect(page.get_by_role("row").filter(has_text="Main website")).to_be_visible()
             assert secret not in page.content(), "the secret is shown again"
-            page.get_by_role("button", name="Revoke Main website").click()
-            page.get_by_role("button", name="Yes, revoke").click()
+            # By keyboard: the confirmation takes the focus.
+            page.get_by_role("button", name="Revoke Main website").focus()
+            page.keyboard.press("Enter")
+            expect(page.get_by_role("button", name="Yes, revoke")).to_be_focused()
+            page.keyboard.press("Enter")
             expect(page.get_by_role("row").filter(has_text="Main website")).to_contain_text("revoked")
             st, body = call("GET", f"/agents/{aid}", secret)
             assert st == 401 and body["code"] == "api_key_revoked", (st, body)
@@ -363,6 +378,37 @@ def main():
 
         report("request logs (search), usage chart, audit log, notifications (unread count)",
                logs_usage_audit_notifications)
+
+        def dark_mode():
+            light = page.evaluate("getComputedStyle(document.body).backgroundColor")
+            page.emulate_media(color_scheme="dark")
+            dark = page.evaluate("getComputedStyle(document.body).backgroundColor")
+            assert light != dark, f"the page ignores the system's dark mode ({light})"
+            visit(page, f"#/agents/{state['agent']}/api", "Support bot")
+            shoot(page, "20-dark-agent-api")
+            page.emulate_media(color_scheme="light")
+
+        report("dark mode follows the system", dark_mode)
+
+        def mobile_menu():
+            page.set_viewport_size({"width": 375, "height": 800})
+            visit(page, f"#/agents/{state['agent']}", "Support bot")
+            expect(page.get_by_role("link", name="API", exact=True)).to_be_visible()
+            pages = page.get_by_role("navigation", name="Console pages")
+            expect(pages).to_be_hidden()
+            menu = page.get_by_role("button", name="Menu")
+            expect(menu).to_have_attribute("aria-expanded", "false")
+            menu.focus()
+            page.keyboard.press("Enter")
+            expect(pages).to_be_visible()
+            expect(menu).to_have_attribute("aria-expanded", "true")
+            pages.get_by_role("link", name="Approvals").click()
+            expect(page.get_by_role("heading", level=1)).to_have_text("Approvals")
+            expect(pages).to_be_hidden()
+            page.set_viewport_size({"width": 1440, "height": 900})
+            expect(pages).to_be_visible()
+
+        report("at 375 px the pages are behind a Menu button; an agent's tabs stay visible", mobile_menu)
 
         def restricted():
             aid = state["agent"]

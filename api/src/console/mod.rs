@@ -105,20 +105,16 @@ mod tests {
     #[test]
     fn the_page_references_only_its_own_assets() {
         for (name, _, _) in ASSETS {
-            if *name != "icon.svg" || INDEX_HTML.contains("icon.svg") {
-                assert!(
-                    INDEX_HTML.contains(&format!("/console/{name}")),
-                    "index.html does not load {name}"
-                );
-            }
+            assert!(
+                INDEX_HTML.contains(&format!("/console/{name}")),
+                "index.html does not load {name}"
+            );
         }
         for text in [INDEX_HTML, APP_JS, APP_CSS, ICON_SVG] {
+            // The SVG namespace is a name, never requested.
+            let text = text.replace("http://www.w3.org/2000/svg", "");
             for scheme in ["http://", "https://", "//cdn", "@import"] {
-                // The SVG namespace is a name, not a request.
-                let hits = text.matches(scheme).count()
-                    - text.matches("http://www.w3.org/2000/svg").count()
-                        * usize::from(scheme == "http://");
-                assert_eq!(hits, 0, "an asset names {scheme}");
+                assert!(!text.contains(scheme), "an asset names {scheme}");
             }
         }
     }
