@@ -1,6 +1,6 @@
 """The browser half of scripts/check-console: drives /console with playwright and Debian's chromium.
 
-    console_browser.py API_URL ADMIN_KEY CHROMIUM OUT_DIR
+    console_browser.py API_URL ADMIN_KEY CHROMIUM OUT_DIR SERVER_LOG
 
 Prints one line per check and ends with "N passed, N failed"; exits 1 on any failure.
 """
@@ -18,12 +18,13 @@ from urllib.parse import urlparse
 
 from playwright.sync_api import expect, sync_playwright
 
-API, ADMIN, CHROMIUM, OUT = sys.argv[1:5]
+API, ADMIN, CHROMIUM, OUT, SERVER_LOG = sys.argv[1:6]
 CONSOLE = API + "/console"
 expect.set_options(timeout=20_000)
 
 passed = failed = 0
 blocked = []
+secrets = [ADMIN]
 console_errors = []
 allowed_403 = [False]
 
@@ -200,6 +201,7 @@ def main():
             page.get_by_role("button", name="Generate key").click()
             secret = page.locator("#new-key").inner_text().strip()
             assert secret.startswith("aq_"), secret
+            secrets.append(secret)
             expect(page.get_by_text("It is shown ONLY once")).to_be_visible()
             page.get_by_role("button", name="Copy the new key").click()
             assert page.evaluate("navigator.clipboard.readText()") == secret, "the copy button did not copy the key"
@@ -310,6 +312,21 @@ def main():
             shoot(page, "10-runs")
 
         report("runs list with filters", runs_page)
+
+        def cancel():
+            st, slow = call("POST", "/agents", ADMIN, {"name": "Slow bot", "runtime": "scripted",
+                                                       "config": {"steps": [{"sleep_ms": 60000}, {"reply": "late"}]}})
+            assert st == 201, (st, slow)
+            st, run = call("POST", f"/agents/{slow['id']}/runs", ADMIN, {"input": "wait"})
+            assert st == 202, (st, run)
+            visit(page, f"#/runs/{run['id']}", "Run")
+            expect(page.locator("#run-status")).to_have_text(re.compile("queued|running"))
+            page.get_by_role("button", name="Cancel run").click()
+            expect(page.locator("#run-status")).to_have_text("cancelled", timeout=30_000)
+            assert call("GET", f"/runs/{run['id']}", ADMIN)[1]["status"] == "cancelled"
+            shoot(page, "10-run-cancelled")
+
+        report("cancel a run from its page", cancel)
 
         def agents_pause_resume():
             visit(page, "#/agents", "Agents")
@@ -459,8 +476,12 @@ def main():
     def clean():
         assert not blocked, f"requests left 127.0.0.1: {blocked}"
         assert not console_errors, f"console errors: {console_errors}"
+        with open(SERVER_LOG, encoding="utf-8", errors="replace") as f:
+            log = f.read()
+        leaked = [s[:11] for s in secrets if s in log]
+        assert not leaked, f"the server log holds API keys: {leaked}"
 
-    report("no request left 127.0.0.1 and the console logged no error", clean)
+    report("no request left 127.0.0.1, the console logged no error, no key reached the server log", clean)
 
 
 try:
