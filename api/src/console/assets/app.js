@@ -60,7 +60,7 @@ function table(headers, rows, empty) {
   return h("div", { class: "table-wrap" },
     h("table", { class: "stack" },
       h("thead", {}, h("tr", {}, headers.map((t) => h("th", { scope: "col" }, t)))),
-      h("tbody", {}, rows.map((cells) => h("tr", {}, cells.map((c, i) => h("td", { "data-label": headers[i] }, c)))))));
+      h("tbody", {}, rows.map((cells) => h("tr", {}, cells.map((c, i) => h("td", { "data-label": headers[i] || null }, c)))))));
 }
 
 const when = (t) => (t ? new Date(t).toLocaleString() : "—");
