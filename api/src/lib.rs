@@ -24,6 +24,7 @@ pub mod state;
 mod agents;
 mod approvals;
 mod audit_logs;
+pub mod console;
 mod conversations;
 mod credentials;
 mod health;
@@ -208,6 +209,7 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.config.body_limit;
     openapi::router(state.config.inbound_body_limit)
         .merge(mcp::routes(state.clone()))
+        .merge(console::routes())
         .fallback(|| async { ApiError::from_status(axum::http::StatusCode::NOT_FOUND) })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::new())

@@ -9,6 +9,7 @@ mod approvals;
 mod audit_logs;
 mod chaos;
 mod cli;
+mod console;
 mod credentials;
 mod errors;
 mod gateway;
