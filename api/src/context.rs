@@ -7,8 +7,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{Method, StatusCode};
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -130,6 +130,28 @@ pub(crate) fn loggable_path(path: &str) -> String {
     }
 }
 
+/// The route template that matched (`/api/v1/runs/{id}`, `/hooks/{token}`), never the raw
+/// path: ids and hook tokens must not become metric labels. `unmatched` for a 404.
+fn route_label(req: &Request) -> String {
+    req.extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned())
+}
+
+/// The method as a label: the standard ones, else `other`.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 /// The outermost middleware: sets up [`RequestContext`], serves, then logs and measures.
 pub async fn request_context(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let mut req = req;
@@ -156,6 +178,7 @@ pub async fn request_context(State(state): State<AppState>, req: Request, next: 
     req.extensions_mut().insert(ctx.clone());
     let method = req.method().clone();
     let path = loggable_path(req.uri().path());
+    let route = route_label(&req);
     let logged = state.request_logs.clone().filter(|_| {
         path.starts_with("/api/")
             || path.starts_with("/hooks/")
@@ -245,8 +268,8 @@ pub async fn request_context(State(state): State<AppState>, req: Request, next: 
             created_at: started_at,
         });
     }
-    let status_label = status.as_u16().to_string();
-    metrics::counter!("agentq_http_requests_total", "status" => status_label).increment(1);
-    metrics::histogram!("agentq_http_request_duration_seconds").record(latency.as_secs_f64());
+    metrics::histogram!(agentq_shared::metrics::HTTP_REQUEST_DURATION,
+        "route" => route, "method" => method_label(&method), "status" => status.as_u16().to_string())
+    .record(latency.as_secs_f64());
     resp
 }

@@ -25,6 +25,7 @@ pub mod schedule;
 pub mod scopes;
 pub mod signing;
 pub mod teams;
+pub mod metrics;
 pub mod telemetry;
 pub mod text_enum;
 pub mod webhooks;
