@@ -53,10 +53,7 @@ pub(crate) fn describe() {
         Unit::Seconds,
         "HTTP requests served, by route template, method and status code."
     );
-    describe_counter!(
-        RUNS_FINISHED,
-        "Runs that reached a final state, by status."
-    );
+    describe_counter!(RUNS_FINISHED, "Runs that reached a final state, by status.");
     describe_histogram!(
         RUN_TRIGGER_TO_START,
         Unit::Seconds,
@@ -147,10 +144,7 @@ pub fn runtime_label(runtime: &str) -> &'static str {
 }
 
 fn since(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
-    (to - from)
-        .to_std()
-        .unwrap_or(Duration::ZERO)
-        .as_secs_f64()
+    (to - from).to_std().unwrap_or(Duration::ZERO).as_secs_f64()
 }
 
 /// The trigger type of a run as a label (`api`, `signal`, `chat`, `webhook`, `schedule`,
@@ -199,7 +193,8 @@ pub fn delivery_finished(succeeded: bool, attempts: i32) {
 
 /// An approval requested at `requested` was decided (`approved`, `rejected`, `expired`).
 pub fn approval_decided(decision: &'static str, requested: DateTime<Utc>, decided: DateTime<Utc>) {
-    metrics::histogram!(APPROVAL_DECISION, "decision" => decision).record(since(requested, decided));
+    metrics::histogram!(APPROVAL_DECISION, "decision" => decision)
+        .record(since(requested, decided));
 }
 
 static POOLS: Mutex<Vec<(&'static str, PgPool)>> = Mutex::new(Vec::new());

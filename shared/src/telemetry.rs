@@ -26,11 +26,12 @@ pub fn init_tracing(json: bool) {
 /// Bucket bounds of the `_seconds` histograms: 5 ms to an hour (HTTP latency, queue wait,
 /// run duration and approval decisions share them).
 const SECONDS_BUCKETS: &[f64] = &[
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
-    3600.0,
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
 ];
 /// Bucket bounds of the count histograms (attempts, batch sizes).
-const COUNT_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, 34.0, 64.0, 128.0, 256.0, 512.0];
+const COUNT_BUCKETS: &[f64] = &[
+    1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, 34.0, 64.0, 128.0, 256.0, 512.0,
+];
 
 /// The process's Prometheus recorder, installed on first use, with every metric's help text.
 pub fn metrics_handle() -> PrometheusHandle {

@@ -25,6 +25,7 @@ mod mcp_agents;
 mod mcp_integrations;
 mod mcp_platform;
 mod mcp_servers;
+mod metrics;
 mod openapi;
 mod quotas;
 mod resilience;

@@ -89,7 +89,11 @@ async fn oldest_ready_age(queue: &Queue) -> Result<Duration, QueueError> {
         [secs, micros] => {
             secs.parse::<u64>().unwrap_or(0) * 1000 + micros.parse::<u64>().unwrap_or(0) / 1000
         }
-        _ => return Err(QueueError::Reply("TIME without seconds and microseconds".into())),
+        _ => {
+            return Err(QueueError::Reply(
+                "TIME without seconds and microseconds".into(),
+            ))
+        }
     };
     Ok(match first_id_ms(&first) {
         Some(ms) => Duration::from_millis(now_ms.saturating_sub(ms)),
