@@ -116,15 +116,12 @@ async fn read_body(state: &AppState, req: Request) -> (Request, Result<Bytes, St
     }
 }
 
-/// The path as logged: an inbound hook's token is its credential, so only its first
-/// characters are kept (`/hooks/AbCd…`), enough to tell hooks apart; anything shaped like a
+/// The path as logged: an inbound hook's token is its credential, so none of it is kept
+/// (`/hooks/***`; the hook's id is in the audit and request logs); anything shaped like a
 /// secret elsewhere is redacted.
 pub(crate) fn loggable_path(path: &str) -> String {
     match path.strip_prefix("/hooks/") {
-        Some(token) => {
-            let shown: String = token.chars().take(4).collect();
-            format!("/hooks/{shown}…")
-        }
+        Some(_) => "/hooks/***".to_owned(),
         // A key pasted into a URL is still a key.
         None => crate::request_logs::redact_text(path).into_owned(),
     }
@@ -237,11 +234,13 @@ pub async fn request_context(State(state): State<AppState>, req: Request, next: 
 
     let latency = started.elapsed();
     let key_id = ctx.key_id.get().map(|k| k.to_string());
+    let agent_id = ctx.agent_id.get().map(|a| a.to_string());
     span.in_scope(|| {
         tracing::info!(
             status = status.as_u16(),
             latency_ms = latency.as_secs_f64() * 1000.0,
             key_id = key_id.as_deref(),
+            agent_id = agent_id.as_deref(),
             "request"
         )
     });

@@ -4,19 +4,21 @@
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::fmt::format::JsonFields;
 use tracing_subscriber::{fmt, EnvFilter};
 
-/// Installs the global tracing subscriber. `json` picks JSON lines; `RUST_LOG` filters
+mod json_log;
+
+/// Installs the global tracing subscriber. `json` picks JSON lines with flat, stably typed
+/// fields (see [`json_log`]); `RUST_LOG` filters
 /// (default `info`). Later calls are no-ops, so tests may call it freely.
 pub fn init_tracing(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = if json {
         builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+            .fmt_fields(JsonFields::new())
+            .event_format(json_log::FlatJson)
             .try_init()
     } else {
         builder.try_init()

@@ -21,6 +21,7 @@ mod lifecycle;
 mod llm;
 mod llm_approvals;
 mod llm_conversations;
+mod logs;
 mod mcp_agents;
 mod mcp_integrations;
 mod mcp_platform;
