@@ -3,7 +3,8 @@
 //! requests, runs that succeed, fail and wait for an approval, an inbound hook and webhook
 //! deliveries. Every line must parse as one JSON object; every field must keep one type on
 //! every line (`status` is always the HTTP status number); `request_id`, `run_id` and
-//! `agent_id` must sit at the top level; and no key, secret or hook token may appear.
+//! `agent_id` must sit at the top level; and no key, secret or hook token may appear. The
+//! same process's /metrics covers its three roles.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
@@ -229,6 +230,27 @@ async fn json_logs_have_flat_stably_typed_fields_and_no_secrets() {
         .await;
     // Deliveries of the events above reach the receiver.
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    // `agentq all` serves one /metrics on the API port, covering its three roles.
+    let metrics = c
+        .http
+        .get(format!("{}/metrics", c.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for role in ["api", "worker", "scheduler"] {
+        let series = format!("agentq_db_pool_max_connections{{pool=\"{role}\"}}");
+        assert!(metrics.contains(&series), "no {series} in:\n{metrics}");
+    }
+    for series in [
+        "agentq_run_duration_seconds_count",
+        "agentq_scheduler_leader",
+        "agentq_http_request_duration_seconds_count",
+    ] {
+        assert!(metrics.contains(series), "no {series}");
+    }
     assert!(
         proc.terminate(Duration::from_secs(20)).is_some(),
         "agentq all did not stop"
