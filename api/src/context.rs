@@ -7,9 +7,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue};
+use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
@@ -116,17 +116,36 @@ async fn read_body(state: &AppState, req: Request) -> (Request, Result<Bytes, St
     }
 }
 
-/// The path as logged: an inbound hook's token is its credential, so only its first
-/// characters are kept (`/hooks/AbCd…`), enough to tell hooks apart; anything shaped like a
+/// The path as logged: an inbound hook's token is its credential, so none of it is kept
+/// (`/hooks/***`; the hook's id is in the audit and request logs); anything shaped like a
 /// secret elsewhere is redacted.
 pub(crate) fn loggable_path(path: &str) -> String {
     match path.strip_prefix("/hooks/") {
-        Some(token) => {
-            let shown: String = token.chars().take(4).collect();
-            format!("/hooks/{shown}…")
-        }
+        Some(_) => "/hooks/***".to_owned(),
         // A key pasted into a URL is still a key.
         None => crate::request_logs::redact_text(path).into_owned(),
+    }
+}
+
+/// The route template that matched (`/api/v1/runs/{id}`, `/hooks/{token}`), never the raw
+/// path: ids and hook tokens must not become metric labels. `unmatched` for a 404.
+fn route_label(req: &Request) -> String {
+    req.extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned())
+}
+
+/// The method as a label: the standard ones, else `other`.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
     }
 }
 
@@ -156,6 +175,7 @@ pub async fn request_context(State(state): State<AppState>, req: Request, next: 
     req.extensions_mut().insert(ctx.clone());
     let method = req.method().clone();
     let path = loggable_path(req.uri().path());
+    let route = route_label(&req);
     let logged = state.request_logs.clone().filter(|_| {
         path.starts_with("/api/")
             || path.starts_with("/hooks/")
@@ -214,11 +234,13 @@ pub async fn request_context(State(state): State<AppState>, req: Request, next: 
 
     let latency = started.elapsed();
     let key_id = ctx.key_id.get().map(|k| k.to_string());
+    let agent_id = ctx.agent_id.get().map(|a| a.to_string());
     span.in_scope(|| {
         tracing::info!(
             status = status.as_u16(),
             latency_ms = latency.as_secs_f64() * 1000.0,
             key_id = key_id.as_deref(),
+            agent_id = agent_id.as_deref(),
             "request"
         )
     });
@@ -245,8 +267,8 @@ pub async fn request_context(State(state): State<AppState>, req: Request, next: 
             created_at: started_at,
         });
     }
-    let status_label = status.as_u16().to_string();
-    metrics::counter!("agentq_http_requests_total", "status" => status_label).increment(1);
-    metrics::histogram!("agentq_http_request_duration_seconds").record(latency.as_secs_f64());
+    metrics::histogram!(agentq_shared::metrics::HTTP_REQUEST_DURATION,
+        "route" => route, "method" => method_label(&method), "status" => status.as_u16().to_string())
+    .record(latency.as_secs_f64());
     resp
 }

@@ -125,7 +125,7 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>,
 #[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "operations", security(()),
     responses((status = 200, description = "The metrics.", content_type = "text/plain", body = String)))]
 pub(crate) async fn metrics() -> impl IntoResponse {
-    let body = agentq_shared::telemetry::metrics_handle().render();
+    let body = agentq_shared::telemetry::render_metrics();
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

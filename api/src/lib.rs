@@ -91,6 +91,7 @@ impl App {
             config.db_acquire_timeout,
         )
         .await?;
+        agentq_shared::metrics::watch_pool("api", &db);
         let redis = redis_conn::connect(&config.store.redis_url).await?;
         let listener =
             TcpListener::bind(config.listen)

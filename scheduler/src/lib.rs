@@ -33,6 +33,8 @@ pub struct SchedulerConfig {
     pub catch_up_grace: Duration,
     /// Request logs older than this are deleted.
     pub request_log_retention: Duration,
+    /// Time between two samples of the queue and approval gauges.
+    pub sample_every: Duration,
     /// Shortest interval between two fires of one schedule, whatever its expression says
     /// (schedules saved before the API enforced it are held to it here).
     pub min_interval: Duration,
@@ -59,6 +61,7 @@ impl SchedulerConfig {
             catch_up_grace: Duration::from_secs(60),
             request_log_retention: Duration::from_secs(30 * 86_400),
             min_interval: agentq_shared::schedule::DEFAULT_MIN_INTERVAL,
+            sample_every: Duration::from_secs(5),
         }
     }
 }
@@ -82,14 +85,18 @@ pub async fn run(
     config: SchedulerConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), SchedulerError> {
+    agentq_shared::telemetry::metrics_handle();
     let db = agentq_shared::db::connect(
         &config.store.database_url,
         config.store.db_max_connections.min(4),
     )
     .await?;
+    agentq_shared::metrics::watch_pool("scheduler", &db);
     let redis = redis_conn::connect(&config.store.redis_url).await?;
     let keys = Keys::new(config.store.redis_prefix.clone());
     let queues = Queues::new(redis.clone(), &keys)?;
+    let sampler =
+        agentq_shared::metrics::spawn_sampler(db.clone(), queues.clone(), config.sample_every);
     let mut lease = leader::Lease::new(redis.clone(), &keys, config.tick * 5);
     tracing::info!(holder = lease.holder(), "scheduler started");
     tokio::pin!(shutdown);
@@ -123,6 +130,7 @@ pub async fn run(
         )
         .await;
     }
+    sampler.abort();
     lease.release().await;
     tracing::info!("scheduler stopped");
     Ok(())

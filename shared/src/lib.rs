@@ -15,6 +15,7 @@ pub mod db;
 pub mod ids;
 pub mod keys;
 pub mod mcp;
+pub mod metrics;
 pub mod net;
 pub mod pagination;
 pub mod queue;

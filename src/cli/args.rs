@@ -93,6 +93,18 @@ pub(crate) struct TuningArgs {
     pub(crate) stale_after_seconds: f64,
 }
 
+/// A role's own settings and where it serves its metrics (the API and `agentq all` serve
+/// them on the API's port instead).
+#[derive(Args, Debug, Clone)]
+pub(crate) struct Role<A: Args> {
+    #[command(flatten)]
+    pub(crate) args: A,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9090); none when unset.
+    #[arg(long, env = "AGENTQ_METRICS_LISTEN")]
+    pub(crate) metrics_listen: Option<SocketAddr>,
+}
+
 #[derive(Subcommand, Debug)]
 pub(crate) enum Command {
     /// Apply database migrations to DATABASE_URL (idempotent; safe to run concurrently).
@@ -100,9 +112,9 @@ pub(crate) enum Command {
     /// Serve the HTTP API.
     Api(ApiArgs),
     /// Execute queued runs and deliveries (run any number of replicas).
-    Worker(WorkerArgs),
+    Worker(Role<WorkerArgs>),
     /// Run periodic work: cron fires, expiries, reconciliation (one leader at a time).
-    Scheduler(SchedulerArgs),
+    Scheduler(Role<SchedulerArgs>),
     /// Migrate, then run api + worker + scheduler in one process (for a laptop).
     All(AllArgs),
     /// Manage teams (tenants).

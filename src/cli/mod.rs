@@ -3,6 +3,7 @@
 
 mod admin;
 mod args;
+mod metrics_server;
 
 use std::process::ExitCode;
 
@@ -116,8 +117,18 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Migrate => admin::migrate(&cli.store).await,
         Command::Api(args) => admin::serve_api(&cli.store, &cli.tuning, args).await,
-        Command::Worker(args) => admin::serve_worker(&cli.store, &cli.tuning, args).await,
-        Command::Scheduler(args) => admin::serve_scheduler(&cli.store, &cli.tuning, args).await,
+        Command::Worker(role) => {
+            let serving = metrics_server::start(role.metrics_listen).await?;
+            admin::serve_worker(&cli.store, &cli.tuning, role.args).await?;
+            serving.stop();
+            Ok(())
+        }
+        Command::Scheduler(role) => {
+            let serving = metrics_server::start(role.metrics_listen).await?;
+            admin::serve_scheduler(&cli.store, &cli.tuning, role.args).await?;
+            serving.stop();
+            Ok(())
+        }
         Command::All(args) => admin::serve_all(&cli.store, &cli.tuning, args).await,
         Command::Teams(cmd) => admin::teams(&cli.store, cmd).await,
         Command::Keys(cmd) => admin::keys(&cli.store, cmd).await,

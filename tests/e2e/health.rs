@@ -25,7 +25,10 @@ async fn health_ready_and_metrics_answer() {
         .text()
         .await
         .unwrap();
-    assert!(text.contains("agentq_http_requests_total"), "{text}");
+    assert!(
+        text.contains("agentq_http_request_duration_seconds_count{route=\"/readyz\",method=\"GET\",status=\"200\"}"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -106,11 +106,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), WorkerError> {
     let config = Arc::new(config);
+    agentq_shared::telemetry::metrics_handle();
     let db =
         // Jobs hold no connection while they wait: the lifecycle's batches (a few lanes) and
         // short reads share a small pool, whatever the concurrency (AGENTQ_DB_MAX_CONNECTIONS).
         agentq_shared::db::connect(&config.store.database_url, config.store.db_max_connections)
             .await?;
+    agentq_shared::metrics::watch_pool("worker", &db);
     let redis = redis_conn::connect(&config.store.redis_url).await?;
     let keys = Keys::new(config.store.redis_prefix.clone());
     let queue_config = QueueConfig {

@@ -196,6 +196,9 @@ pub async fn decide(
     )
     .await?;
     tx.commit().await?;
+    if let Some(decided_at) = approval.decided_at {
+        crate::metrics::approval_decided(status, approval.created_at, decided_at);
+    }
     if let Some(run) = enqueue {
         create::enqueue(&queues.runs, run).await;
     }
@@ -239,6 +242,10 @@ pub async fn expire_due(pool: &PgPool, queues: &Queues, batch: i64) -> Result<us
         .await?;
     }
     tx.commit().await?;
+    for a in &expired {
+        let at = a.decided_at.unwrap_or(a.expires_at);
+        crate::metrics::approval_decided("expired", a.created_at, at);
+    }
     for run in enqueue {
         create::enqueue(&queues.runs, run).await;
     }

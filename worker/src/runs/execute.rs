@@ -45,6 +45,10 @@ pub(super) async fn execute(
     run: Run,
     agent: std::sync::Arc<Agent>,
 ) -> Result<(), JobError> {
+    if lease.attempt == 1 {
+        agentq_shared::metrics::run_started(&agent.runtime, &run);
+    }
+    let started_at = run.started_at;
     let (tx, mut signal) = watch::channel(Signal::Go);
     let beat = tokio::spawn(heartbeat(ctx.clone(), lease, tx));
     let mut tail = None;
@@ -59,7 +63,8 @@ pub(super) async fn execute(
             let mut ending = Ending::finish(&lease, status, output, error);
             ending.steps = tail;
             if Box::pin(ctx.lifecycle.finish(ending)).await? {
-                tracing::info!(status = %status, "run finished");
+                agentq_shared::metrics::run_finished(&agent.runtime, status, started_at);
+                tracing::info!(run_status = %status, "run finished");
             }
         }
     }

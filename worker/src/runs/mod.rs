@@ -27,7 +27,7 @@ pub enum JobError {
 }
 
 /// Handles one delivery of a run job.
-#[tracing::instrument(skip_all, fields(run_id = %job.run_id, deliveries))]
+#[tracing::instrument(skip_all, fields(run_id = %job.run_id, agent_id, deliveries))]
 pub async fn handle(ctx: &Ctx, job: RunJob, deliveries: u64) -> Result<(), JobError> {
     tracing::Span::current().record("deliveries", deliveries);
     let (run, agent, lease) = match Box::pin(ctx.lifecycle.start(job.run_id)).await? {
@@ -60,6 +60,7 @@ pub async fn handle(ctx: &Ctx, job: RunJob, deliveries: u64) -> Result<(), JobEr
         }
         Start::NotQueued(Some(_)) | Start::Raced => return Ok(()),
     };
+    tracing::Span::current().record("agent_id", tracing::field::display(agent.id));
     execute::execute(ctx, lease, run, agent).await
 }
 

@@ -76,7 +76,7 @@ pub(crate) async fn handle(ctx: &Ctx, job: DeliveryJob) -> Result<(), JobError> 
         return Ok(());
     }
     if !d.enabled || d.deleted {
-        outcome::give_up(&ctx.db, d.id, "endpoint disabled").await?;
+        outcome::give_up(&ctx.db, d.id, "endpoint disabled", d.attempts).await?;
         return Ok(());
     }
     let Some(_permit) = ctx.endpoint_limits.acquire(d.endpoint_id, BUSY_WAIT).await else {

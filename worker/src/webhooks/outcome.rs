@@ -32,10 +32,10 @@ pub(super) async fn record(
     .execute(&ctx.db)
     .await?;
     let code = sent.status.map(i32::from);
-    metrics::counter!("agentq_webhook_attempts_total", "outcome" => outcome_label(sent.status))
+    metrics::counter!(agentq_shared::metrics::WEBHOOK_ATTEMPTS, "outcome" => outcome_label(sent.status))
         .increment(1);
     if sent.status.is_some_and(|s| (200..300).contains(&s)) {
-        sqlx::query(
+        let done = sqlx::query(
             "UPDATE webhook_deliveries SET status = 'succeeded', last_status_code = $2, last_error = NULL,
                     next_attempt_at = NULL, updated_at = now() WHERE id = $1 AND status = 'pending'",
         )
@@ -43,6 +43,9 @@ pub(super) async fn record(
         .bind(code)
         .execute(&ctx.db)
         .await?;
+        if done.rows_affected() == 1 {
+            agentq_shared::metrics::delivery_finished(true, number);
+        }
         sqlx::query("UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL")
             .bind(d.endpoint_id)
             .execute(&ctx.db)
@@ -58,7 +61,7 @@ pub(super) async fn record(
             &ctx.db,
             d,
             "the endpoint answered 410 Gone",
-            Some((code, &error)),
+            Some((code, &error, number)),
         )
         .await?;
         return Ok(());
@@ -86,7 +89,7 @@ pub(super) async fn record(
                 .await
                 .map_err(|e| JobError::Queue(e.to_string()))?;
         }
-        None => fail(&ctx.db, d.id, code, &error).await?,
+        None => fail(&ctx.db, d.id, code, &error, number).await?,
     }
     let streak: Option<chrono::DateTime<Utc>> = sqlx::query_scalar(
         "UPDATE webhook_endpoints SET failing_since = coalesce(failing_since, now()) WHERE id = $1 RETURNING failing_since",
@@ -111,8 +114,14 @@ fn outcome_label(status: Option<u16>) -> &'static str {
     }
 }
 
-async fn fail(db: &PgPool, id: Uuid, code: Option<i32>, error: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
+async fn fail(
+    db: &PgPool,
+    id: Uuid,
+    code: Option<i32>,
+    error: &str,
+    attempts: i32,
+) -> Result<(), sqlx::Error> {
+    let done = sqlx::query(
         "UPDATE webhook_deliveries SET status = 'failed', last_status_code = $2, last_error = $3,
                 next_attempt_at = NULL, updated_at = now() WHERE id = $1 AND status = 'pending'",
     )
@@ -121,12 +130,20 @@ async fn fail(db: &PgPool, id: Uuid, code: Option<i32>, error: &str) -> Result<(
     .bind(error)
     .execute(db)
     .await?;
+    if done.rows_affected() == 1 {
+        agentq_shared::metrics::delivery_finished(false, attempts);
+    }
     Ok(())
 }
 
 /// Marks a delivery failed without an attempt (its endpoint is disabled or gone).
-pub(super) async fn give_up(db: &PgPool, id: Uuid, why: &str) -> Result<(), sqlx::Error> {
-    fail(db, id, None, why).await
+pub(super) async fn give_up(
+    db: &PgPool,
+    id: Uuid,
+    why: &str,
+    attempts: i32,
+) -> Result<(), sqlx::Error> {
+    fail(db, id, None, why, attempts).await
 }
 
 /// Disables the endpoint (once) and tells the team; with `failed`, also fails the delivery,
@@ -135,11 +152,12 @@ async fn disable(
     db: &PgPool,
     d: &Delivery,
     why: &str,
-    failed: Option<(Option<i32>, &str)>,
+    failed: Option<(Option<i32>, &str, i32)>,
 ) -> Result<(), sqlx::Error> {
     let mut tx = db.begin().await?;
-    if let Some((code, error)) = failed {
-        sqlx::query(
+    let mut failed_now = None;
+    if let Some((code, error, attempts)) = failed {
+        let done = sqlx::query(
             "UPDATE webhook_deliveries SET status = 'failed', last_status_code = $2, last_error = $3,
                     next_attempt_at = NULL, updated_at = now() WHERE id = $1 AND status = 'pending'",
         )
@@ -148,6 +166,7 @@ async fn disable(
         .bind(error)
         .execute(&mut *tx)
         .await?;
+        failed_now = (done.rows_affected() == 1).then_some(attempts);
     }
     let done = sqlx::query(
         "UPDATE webhook_endpoints SET enabled = false, disabled_reason = $2, disabled_at = now(), updated_at = now()
@@ -168,5 +187,9 @@ async fn disable(
         .await?;
         tracing::warn!(endpoint_id = %d.endpoint_id, reason = why, "webhook endpoint disabled");
     }
-    tx.commit().await
+    tx.commit().await?;
+    if let Some(attempts) = failed_now {
+        agentq_shared::metrics::delivery_finished(false, attempts);
+    }
+    Ok(())
 }

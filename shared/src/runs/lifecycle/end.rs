@@ -105,10 +105,6 @@ pub(super) async fn finish_batch(
     tx.commit().await?;
     super::create::enqueue_many(&queues.runs, &payloads(&unparked)).await;
     outbox.send(&queues.deliveries).await;
-    for run in &ended {
-        metrics::counter!("agentq_runs_finished_total", "status" => run.status.as_str())
-            .increment(1);
-    }
     let done: std::collections::HashSet<RunId> = ended.iter().map(|r| r.id).collect();
     let mut answered = std::collections::HashSet::new();
     Ok(endings
@@ -227,6 +223,9 @@ pub async fn end_in(
         .map(|r| NewEvent::of_run(event_type(r.status), r))
         .collect();
     let outbox = webhooks::emit_events(conn, &events).await?;
+    // Counted when the ending statement returns (every path ends runs here); a transaction
+    // that then rolls back is rare enough not to pay a hook per commit.
+    crate::metrics::runs_ended(ended.iter().map(|r| r.status));
     Ok((ended, outbox))
 }
 
