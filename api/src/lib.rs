@@ -27,6 +27,7 @@ mod audit_logs;
 mod conversations;
 mod credentials;
 mod health;
+mod hosts;
 mod inbound;
 mod keys;
 mod limits;
@@ -141,6 +142,7 @@ impl App {
             last_used: Arc::new(LastUsed::default()),
             agent_limits: Arc::default(),
             request_logs: None,
+            hosts: Arc::default(),
         };
         Ok(Self { listener, state })
     }
@@ -206,7 +208,7 @@ impl App {
 /// routes and the OpenAPI document come from one declaration (see [`openapi`]).
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.body_limit;
-    openapi::router(state.config.inbound_body_limit)
+    let routes = openapi::router(state.config.inbound_body_limit)
         .merge(mcp::routes(state.clone()))
         .fallback(|| async { ApiError::from_status(axum::http::StatusCode::NOT_FOUND) })
         .layer(DefaultBodyLimit::max(body_limit))
@@ -215,5 +217,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             context::request_context,
         ))
-        .with_state(state)
+        .with_state(state.clone());
+    // Agent hosts are mapped to agent paths before routing (see `hosts`).
+    hosts::in_front(state, routes)
 }

@@ -105,6 +105,7 @@ pub(crate) fn routes(inbound_body_limit: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(docs));
     OpenApiRouter::with_openapi(BaseDoc::openapi())
         .merge(crate::health::routes())
+        .merge(crate::hosts::routes())
         .nest("/api/v1", v1)
         .merge(crate::inbound::receive::routes(inbound_body_limit))
 }

@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 mod cron;
+mod domains;
 mod expire;
 mod leader;
 mod reconcile;
@@ -36,6 +37,10 @@ pub struct SchedulerConfig {
     /// Shortest interval between two fires of one schedule, whatever its expression says
     /// (schedules saved before the API enforced it are held to it here).
     pub min_interval: Duration,
+    /// A pending custom domain is looked up again after this long.
+    pub domain_check_every: Duration,
+    /// DNS server for domain checks (`AGENTQ_DNS_RESOLVER`); the system's when None.
+    pub dns_resolver: Option<std::net::SocketAddr>,
 }
 
 /// The catch-up policy for missed fire times.
@@ -59,6 +64,8 @@ impl SchedulerConfig {
             catch_up_grace: Duration::from_secs(60),
             request_log_retention: Duration::from_secs(30 * 86_400),
             min_interval: agentq_shared::schedule::DEFAULT_MIN_INTERVAL,
+            domain_check_every: Duration::from_secs(60),
+            dns_resolver: None,
         }
     }
 }
@@ -117,6 +124,7 @@ pub async fn run(
         )
         .await;
         timed("expire_approvals", expire::approvals(&db, &queues)).await;
+        timed("verify_domains", domains::verify(&db, &config)).await;
         timed(
             "request_log_retention",
             expire::request_logs(&db, config.request_log_retention),
