@@ -147,7 +147,11 @@ fn api_config(
     config.min_schedule_interval = Duration::from_secs(t.min_schedule_seconds);
     config.max_agents_per_team = i64::from(args.max_agents_per_team);
     config.dns_resolver = dns_resolver(t)?;
-    if let Some(d) = args.agent_domain.as_deref().filter(|d| !d.trim().is_empty()) {
+    if let Some(d) = args
+        .agent_domain
+        .as_deref()
+        .filter(|d| !d.trim().is_empty())
+    {
         let d = agentq_shared::agents::domains::normalize(d, None)
             .map_err(|e| ConfigError::invalid("AGENTQ_AGENT_DOMAIN", e))?;
         config.agent_domain = Some(d);
@@ -161,7 +165,10 @@ fn dns_resolver(t: &TuningArgs) -> Result<Option<std::net::SocketAddr>, ConfigEr
         .filter(|v| !v.trim().is_empty())
         .map(|v| {
             v.trim().parse().map_err(|_| {
-                ConfigError::invalid("AGENTQ_DNS_RESOLVER", "must be an IP address and port, e.g. 127.0.0.1:53")
+                ConfigError::invalid(
+                    "AGENTQ_DNS_RESOLVER",
+                    "must be an IP address and port, e.g. 127.0.0.1:53",
+                )
             })
         })
         .transpose()

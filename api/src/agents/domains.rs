@@ -184,7 +184,9 @@ async fn verify(
     let checker = TxtChecker::new(state.config.dns_resolver).map_err(|e| {
         ApiError::unavailable("dns_unavailable", format!("DNS is not usable: {e}"), 5)
     })?;
-    let check = checker.check(&found.domain, &found.verification_token).await;
+    let check = checker
+        .check(&found.domain, &found.verification_token)
+        .await;
     let mut tx = state.db.begin().await?;
     let verified = domains::record_check(&mut *tx, &found, &check).await?;
     if let Some(d) = &verified {

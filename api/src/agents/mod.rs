@@ -295,7 +295,10 @@ async fn show(
     ApiPath(id): ApiPath<AgentId>,
 ) -> Result<Json<Value>, ApiError> {
     auth.require(Scope::AgentsRead)?;
-    Ok(Json(agent_out(&state, &visible_agent(&state, &auth, id).await?)))
+    Ok(Json(agent_out(
+        &state,
+        &visible_agent(&state, &auth, id).await?,
+    )))
 }
 
 /// Changes an agent; absent fields stay, `null` clears the nullable ones.

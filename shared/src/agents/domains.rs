@@ -264,6 +264,7 @@ pub async fn record_check(
     .bind(error)
     .fetch_optional(db)
     .await
+    .map(|row| row.filter(Domain::is_verified))
 }
 
 /// What a DNS check found.
@@ -365,8 +366,14 @@ mod tests {
     #[test]
     fn domains_are_normalised_and_checked() {
         let p = Some("agents.example.com");
-        assert_eq!(normalize("Chat.Example.COM.", p).unwrap(), "chat.example.com");
-        assert_eq!(normalize("xn--bcher-kva.example", p).unwrap(), "xn--bcher-kva.example");
+        assert_eq!(
+            normalize("Chat.Example.COM.", p).unwrap(),
+            "chat.example.com"
+        );
+        assert_eq!(
+            normalize("xn--bcher-kva.example", p).unwrap(),
+            "xn--bcher-kva.example"
+        );
         assert_eq!(normalize("localhost", p), Err(DomainError::Format));
         assert_eq!(normalize("a..b", p), Err(DomainError::Format));
         assert_eq!(normalize("-a.com", p), Err(DomainError::Format));
@@ -375,9 +382,18 @@ mod tests {
         assert_eq!(normalize("10.0.0.1", p), Err(DomainError::Address));
         assert_eq!(normalize("1.2.3.999", p), Err(DomainError::Format));
         assert_eq!(normalize("::1", p), Err(DomainError::Address));
-        assert!(matches!(normalize("x.agents.example.com", p), Err(DomainError::Platform(_))));
-        assert!(matches!(normalize("agents.example.com", p), Err(DomainError::Platform(_))));
-        assert_eq!(normalize(&format!("{}.com", "a".repeat(64)), p), Err(DomainError::Format));
+        assert!(matches!(
+            normalize("x.agents.example.com", p),
+            Err(DomainError::Platform(_))
+        ));
+        assert!(matches!(
+            normalize("agents.example.com", p),
+            Err(DomainError::Platform(_))
+        ));
+        assert_eq!(
+            normalize(&format!("{}.com", "a".repeat(64)), p),
+            Err(DomainError::Format)
+        );
     }
 
     #[test]
