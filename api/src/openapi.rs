@@ -418,6 +418,7 @@ mod tests {
             "GET /api/v1/openapi.json",
             "GET /api/v1/docs",
             "POST /hooks/{token}",
+            "GET /internal/tls/ask",
         ];
         let mut seen_public = Vec::new();
         for (path, item) in doc["paths"].as_object().unwrap() {
