@@ -100,6 +100,7 @@ pub async fn run(
     let mut lease = leader::Lease::new(redis.clone(), &keys, config.tick * 5);
     tracing::info!(holder = lease.holder(), "scheduler started");
     tokio::pin!(shutdown);
+    let mut domain_checks: Option<tokio::task::JoinHandle<()>> = None;
     let mut tick = tokio::time::interval(config.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -124,12 +125,22 @@ pub async fn run(
         )
         .await;
         timed("expire_approvals", expire::approvals(&db, &queues)).await;
-        timed("verify_domains", domains::verify(&db, &config)).await;
+        // DNS may be slow: domain checks run beside the tick, one round at a time, so a
+        // lookup timeout never delays cron fires.
+        if domain_checks.as_ref().is_none_or(|h| h.is_finished()) {
+            let (db, config) = (db.clone(), config.clone());
+            domain_checks = Some(tokio::spawn(async move {
+                timed("verify_domains", domains::verify(&db, &config)).await;
+            }));
+        }
         timed(
             "request_log_retention",
             expire::request_logs(&db, config.request_log_retention),
         )
         .await;
+    }
+    if let Some(h) = domain_checks {
+        h.abort();
     }
     lease.release().await;
     tracing::info!("scheduler stopped");
