@@ -192,6 +192,26 @@ async fn slug_host_reaches_its_agent_for_chat_stream_signals_and_mcp() {
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     assert!(a.text.contains("Bot: over mcp"), "{}", a.text);
 
+    // The legacy SSE transport: the stream names the agent's own POST endpoint.
+    let mut sse = on_host(&app, &key, Method::GET, &host, "/mcp/sse")
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), StatusCode::OK);
+    let first = tokio::time::timeout(Duration::from_secs(5), sse.chunk())
+        .await
+        .expect("the endpoint event comes at once")
+        .unwrap()
+        .unwrap();
+    let first = String::from_utf8_lossy(&first);
+    assert!(first.contains("event: endpoint"), "{first}");
+    assert!(
+        first.contains(&format!("/api/mcp/agents/{bot}/sse?session_id=")),
+        "{first}"
+    );
+    drop(sse);
+
     // The request log shows the agent's path the host stood for.
     let chat_path = format!("/api/v1/agents/{bot}/chat");
     let logged = eventually(Duration::from_secs(5), || async {
