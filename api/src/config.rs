@@ -63,6 +63,10 @@ pub struct ApiConfig {
     pub min_schedule_interval: Duration,
     /// Live agents a team may have.
     pub max_agents_per_team: i64,
+    /// Agents answer on `{slug}.{agent_domain}` (`AGENTQ_AGENT_DOMAIN`, lowercase).
+    pub agent_domain: Option<String>,
+    /// DNS server for custom-domain checks (`AGENTQ_DNS_RESOLVER`); the system's when None.
+    pub dns_resolver: Option<SocketAddr>,
 }
 
 impl ApiConfig {
@@ -97,6 +101,8 @@ impl ApiConfig {
             body_read_timeout: Duration::from_secs(30),
             min_schedule_interval: agentq_shared::schedule::DEFAULT_MIN_INTERVAL,
             max_agents_per_team: 1000,
+            agent_domain: None,
+            dns_resolver: None,
         }
     }
 }

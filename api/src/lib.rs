@@ -28,6 +28,7 @@ pub mod console;
 mod conversations;
 mod credentials;
 mod health;
+mod hosts;
 mod inbound;
 mod keys;
 mod limits;
@@ -143,6 +144,7 @@ impl App {
             last_used: Arc::new(LastUsed::default()),
             agent_limits: Arc::default(),
             request_logs: None,
+            hosts: Arc::default(),
         };
         Ok(Self { listener, state })
     }
@@ -208,7 +210,7 @@ impl App {
 /// routes and the OpenAPI document come from one declaration (see [`openapi`]).
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.body_limit;
-    openapi::router(state.config.inbound_body_limit)
+    let routes = openapi::router(state.config.inbound_body_limit)
         .merge(mcp::routes(state.clone()))
         .merge(console::routes())
         .fallback(|| async { ApiError::from_status(axum::http::StatusCode::NOT_FOUND) })
@@ -218,5 +220,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             context::request_context,
         ))
-        .with_state(state)
+        .with_state(state.clone());
+    // Agent hosts are mapped to agent paths before routing (see `hosts`).
+    hosts::in_front(state, routes)
 }

@@ -105,6 +105,7 @@ pub(crate) fn routes(inbound_body_limit: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(docs));
     OpenApiRouter::with_openapi(BaseDoc::openapi())
         .merge(crate::health::routes())
+        .merge(crate::hosts::routes())
         .nest("/api/v1", v1)
         .merge(crate::inbound::receive::routes(inbound_body_limit))
 }
@@ -417,6 +418,7 @@ mod tests {
             "GET /api/v1/openapi.json",
             "GET /api/v1/docs",
             "POST /hooks/{token}",
+            "GET /internal/tls/ask",
         ];
         let mut seen_public = Vec::new();
         for (path, item) in doc["paths"].as_object().unwrap() {

@@ -50,6 +50,8 @@ pub struct AppState {
     pub agent_limits: Arc<AgentLimits>,
     /// Request log lines waiting to be written.
     pub request_logs: Option<RequestLogger>,
+    /// Which agent a `Host` names, cached briefly.
+    pub hosts: Arc<crate::hosts::HostMap>,
 }
 
 /// Agents' rate limits, cached for a few seconds so limiting costs no database read.

@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 mod cron;
+mod domains;
 mod expire;
 mod leader;
 mod reconcile;
@@ -38,6 +39,10 @@ pub struct SchedulerConfig {
     /// Shortest interval between two fires of one schedule, whatever its expression says
     /// (schedules saved before the API enforced it are held to it here).
     pub min_interval: Duration,
+    /// A pending custom domain is looked up again after this long.
+    pub domain_check_every: Duration,
+    /// DNS server for domain checks (`AGENTQ_DNS_RESOLVER`); the system's when None.
+    pub dns_resolver: Option<std::net::SocketAddr>,
 }
 
 /// The catch-up policy for missed fire times.
@@ -62,6 +67,8 @@ impl SchedulerConfig {
             request_log_retention: Duration::from_secs(30 * 86_400),
             min_interval: agentq_shared::schedule::DEFAULT_MIN_INTERVAL,
             sample_every: Duration::from_secs(5),
+            domain_check_every: Duration::from_secs(60),
+            dns_resolver: None,
         }
     }
 }
@@ -100,6 +107,7 @@ pub async fn run(
     let mut lease = leader::Lease::new(redis.clone(), &keys, config.tick * 5);
     tracing::info!(holder = lease.holder(), "scheduler started");
     tokio::pin!(shutdown);
+    let mut domain_checks: Option<tokio::task::JoinHandle<()>> = None;
     let mut tick = tokio::time::interval(config.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -124,6 +132,14 @@ pub async fn run(
         )
         .await;
         timed("expire_approvals", expire::approvals(&db, &queues)).await;
+        // DNS may be slow: domain checks run beside the tick, one round at a time, so a
+        // lookup timeout never delays cron fires.
+        if domain_checks.as_ref().is_none_or(|h| h.is_finished()) {
+            let (db, config) = (db.clone(), config.clone());
+            domain_checks = Some(tokio::spawn(async move {
+                timed("verify_domains", domains::verify(&db, &config)).await;
+            }));
+        }
         timed(
             "request_log_retention",
             expire::request_logs(&db, config.request_log_retention),
@@ -131,6 +147,9 @@ pub async fn run(
         .await;
     }
     sampler.abort();
+    if let Some(h) = domain_checks {
+        h.abort();
+    }
     lease.release().await;
     tracing::info!("scheduler stopped");
     Ok(())

@@ -146,7 +146,32 @@ fn api_config(
     config.body_read_timeout = Duration::from_secs(args.body_read_timeout_seconds.max(1));
     config.min_schedule_interval = Duration::from_secs(t.min_schedule_seconds);
     config.max_agents_per_team = i64::from(args.max_agents_per_team);
+    config.dns_resolver = dns_resolver(t)?;
+    if let Some(d) = args
+        .agent_domain
+        .as_deref()
+        .filter(|d| !d.trim().is_empty())
+    {
+        let d = agentq_shared::agents::domains::normalize(d, None)
+            .map_err(|e| ConfigError::invalid("AGENTQ_AGENT_DOMAIN", e))?;
+        config.agent_domain = Some(d);
+    }
     Ok(config)
+}
+
+fn dns_resolver(t: &TuningArgs) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    t.dns_resolver
+        .as_deref()
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| {
+            v.trim().parse().map_err(|_| {
+                ConfigError::invalid(
+                    "AGENTQ_DNS_RESOLVER",
+                    "must be an IP address and port, e.g. 127.0.0.1:53",
+                )
+            })
+        })
+        .transpose()
 }
 
 fn master_key(t: &TuningArgs) -> Result<Option<[u8; 32]>, ConfigError> {
@@ -210,6 +235,8 @@ fn scheduler_config(
     config.request_log_retention =
         Duration::from_secs(u64::from(args.request_log_retention_days.max(1)) * 86_400);
     config.min_interval = Duration::from_secs(t.min_schedule_seconds);
+    config.dns_resolver = dns_resolver(t)?;
+    config.domain_check_every = seconds("AGENTQ_DOMAIN_CHECK_SECONDS", args.domain_check_seconds)?;
     config.catch_up = match args.catch_up {
         super::args::CatchUpArg::One => agentq_scheduler::CatchUp::One,
         super::args::CatchUpArg::Skip => agentq_scheduler::CatchUp::Skip,

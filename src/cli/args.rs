@@ -91,6 +91,10 @@ pub(crate) struct TuningArgs {
         default_value_t = 10.0
     )]
     pub(crate) stale_after_seconds: f64,
+
+    /// DNS server (host:port) that custom-domain checks ask; default: the system's resolvers.
+    #[arg(long, env = "AGENTQ_DNS_RESOLVER", global = true)]
+    pub(crate) dns_resolver: Option<String>,
 }
 
 /// A role's own settings and where it serves its metrics (the API and `agentq all` serve
@@ -237,6 +241,10 @@ pub(crate) struct ApiArgs {
     /// Longest one MCP operation (connect, initialize, tools/list) may take, in seconds.
     #[arg(long, env = "AGENTQ_MCP_TIMEOUT_SECONDS", default_value_t = 20)]
     pub(crate) mcp_timeout_seconds: u64,
+
+    /// Agents answer on {slug}.DOMAIN (e.g. agents.example.com; point *.DOMAIN here).
+    #[arg(long, env = "AGENTQ_AGENT_DOMAIN")]
+    pub(crate) agent_domain: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -301,6 +309,10 @@ pub(crate) struct SchedulerArgs {
     /// Fire times missed while no scheduler ran: `one` catch-up run per agent, or `skip`.
     #[arg(long, env = "AGENTQ_CATCH_UP", value_enum, default_value = "one")]
     pub(crate) catch_up: CatchUpArg,
+
+    /// A pending custom domain's TXT record is looked up again after this many seconds.
+    #[arg(long, env = "AGENTQ_DOMAIN_CHECK_SECONDS", default_value_t = 60.0)]
+    pub(crate) domain_check_seconds: f64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

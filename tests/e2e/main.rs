@@ -3,6 +3,7 @@
 
 mod common;
 
+mod agent_hosts;
 mod agents;
 mod api_keys;
 mod approvals;

@@ -18,6 +18,10 @@ pub(super) struct CreateAgent {
     /// 1 to 200 characters (trimmed).
     #[schema(example = "support triage", min_length = 1, max_length = 200)]
     name: String,
+    /// The agent's host name label (`{slug}.{AGENTQ_AGENT_DOMAIN}`): 1 to 63 of `a-z`, `0-9`,
+    /// `-`, unique across the platform (409 `slug_taken`). Default: from the name.
+    #[schema(example = "support-triage", max_length = 63)]
+    slug: Option<String>,
     /// At most 2000 characters.
     #[schema(max_length = 2000)]
     description: Option<String>,
@@ -79,6 +83,9 @@ pub(super) struct UpdateAgent {
     /// 1 to 200 characters (trimmed).
     #[schema(min_length = 1, max_length = 200)]
     name: Option<String>,
+    /// A new slug (see `POST /agents`); the old host stops answering.
+    #[schema(max_length = 63)]
+    slug: Option<String>,
     /// At most 2000 characters; `null` clears it.
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<String>, max_length = 2000)]
@@ -131,6 +138,8 @@ where
 /// Validated agent fields, ready to store.
 pub(super) struct Valid {
     pub(super) name: String,
+    /// As given (checked); None: derive (create) or keep (update).
+    pub(super) slug: Option<String>,
     pub(super) description: Option<String>,
     pub(super) runtime: String,
     pub(super) config: Value,
@@ -145,6 +154,7 @@ impl CreateAgent {
     pub(super) fn validate(self, allow_private: bool) -> Result<Valid, ApiError> {
         Valid {
             name: self.name,
+            slug: self.slug,
             description: self.description,
             runtime: self.runtime,
             config: self.config,
@@ -178,6 +188,7 @@ impl UpdateAgent {
         }
         Valid {
             name: self.name.unwrap_or_else(|| a.name.clone()),
+            slug: self.slug,
             description: self.description.unwrap_or_else(|| a.description.clone()),
             runtime: self.runtime.unwrap_or_else(|| a.runtime.clone()),
             config: self.config.unwrap_or_else(|| a.config.clone()),
@@ -225,6 +236,10 @@ impl Valid {
 
     fn checked(mut self, allow_private: bool) -> Result<Self, ApiError> {
         self.name = self.name.trim().to_owned();
+        if let Some(s) = &self.slug {
+            agentq_shared::agents::slug::validate(s)
+                .map_err(|e| ApiError::invalid_field("slug", e))?;
+        }
         if self.name.is_empty() || self.name.chars().count() > 200 {
             return Err(ApiError::invalid_field(
                 "name",

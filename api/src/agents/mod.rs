@@ -4,6 +4,7 @@
 
 mod body;
 mod config_doc;
+mod domains;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -34,6 +35,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(show, update, remove))
         .routes(routes!(pause))
         .routes(routes!(resume))
+        .merge(domains::routes())
 }
 
 /// A new agent: the agent and, this once, the secret that signs requests to it.
@@ -48,6 +50,32 @@ struct CreatedAgent<'a> {
 /// The agent as answered.
 pub(crate) fn agent_json(a: &Agent) -> Value {
     serde_json::to_value(a.view()).unwrap_or(Value::Null)
+}
+
+/// The agent as answered by its own endpoints: with its URLs.
+pub(crate) fn agent_out(state: &AppState, a: &Agent) -> Value {
+    let endpoints = agents::endpoints::Endpoints::new(
+        state.config.public_url.as_deref().unwrap_or(""),
+        state.config.agent_domain.as_deref(),
+        a.id,
+        &a.slug,
+    );
+    serde_json::to_value(a.view().with_endpoints(endpoints)).unwrap_or(Value::Null)
+}
+
+/// 409 `slug_taken`.
+fn slug_taken(slug: &str) -> ApiError {
+    ApiError::conflict(
+        "slug_taken",
+        format!("The slug '{slug}' is already taken by another agent; choose another."),
+    )
+}
+
+/// Whether a database error is the live-slug uniqueness.
+fn is_slug_conflict(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.constraint())
+        .is_some_and(|c| c == "agents_slug_live")
 }
 
 /// Loads an agent the key may see, or 404 (also for other teams' and restricted agents).
@@ -93,10 +121,54 @@ async fn create(
     let secret = agentq_shared::signing::new_secret();
     let mut tx = state.db.begin().await?;
     within_quota(&mut tx, &state, &auth).await?;
-    let agent: Agent = sqlx::query_as(&format!(
-        "INSERT INTO agents (id, team_id, name, description, runtime, config, signing_secret_sealed, schedule, timezone,
+    // A slug given is taken or not (409); one derived from the name gets a random suffix
+    // when taken. ON CONFLICT keeps a taken slug from aborting the transaction.
+    let explicit = v.slug.is_some();
+    let base = v
+        .slug
+        .clone()
+        .unwrap_or_else(|| agents::slug::from_name(&v.name));
+    let mut candidate = base.clone();
+    let mut agent: Option<Agent> = None;
+    for _ in 0..4 {
+        agent = insert_agent(&mut tx, &state, &auth, &v, &candidate, &secret).await?;
+        if agent.is_some() || explicit {
+            break;
+        }
+        candidate = agents::slug::with_suffix(&base);
+    }
+    let agent = agent.ok_or_else(|| slug_taken(&candidate))?;
+    let outbox = record_change(&mut tx, &auth, &agent, "agent.created").await?;
+    tx.commit().await?;
+    outbox.send(&state.queues.deliveries).await;
+    let endpoints = agents::endpoints::Endpoints::new(
+        state.config.public_url.as_deref().unwrap_or(""),
+        state.config.agent_domain.as_deref(),
+        agent.id,
+        &agent.slug,
+    );
+    let out = CreatedAgent {
+        agent: agent.view().with_endpoints(endpoints),
+        signing_secret: secret,
+    };
+    let out = serde_json::to_value(out).map_err(ApiError::internal)?;
+    Ok((StatusCode::CREATED, Json(out)))
+}
+
+/// Inserts the agent with `slug`; None when a live agent has that slug.
+async fn insert_agent(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    state: &AppState,
+    auth: &Auth,
+    v: &body::Valid,
+    slug: &str,
+    secret: &str,
+) -> Result<Option<Agent>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "INSERT INTO agents (id, team_id, name, slug, description, runtime, config, signing_secret_sealed, schedule, timezone,
                              max_concurrent_runs, max_run_seconds, approval, next_run_at, rate_limit_per_minute, rate_limit_per_day)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING {AGENT_COLUMNS}"
+         VALUES ($1, $2, $3, $16, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+         ON CONFLICT (slug) WHERE deleted_at IS NULL DO NOTHING RETURNING {AGENT_COLUMNS}"
     ))
     .bind(AgentId::new())
     .bind(auth.team_id())
@@ -104,7 +176,7 @@ async fn create(
     .bind(&v.description)
     .bind(&v.runtime)
     .bind(&v.config)
-    .bind(state.keyring.encrypt(&secret))
+    .bind(state.keyring.encrypt(secret))
     .bind(&v.schedule)
     .bind(&v.timezone)
     .bind(v.limits.max_concurrent_runs)
@@ -113,17 +185,9 @@ async fn create(
     .bind(Agent::first_fire(v.schedule.as_deref(), &v.timezone))
     .bind(v.rate_limit.per_minute)
     .bind(v.rate_limit.per_day)
-    .fetch_one(&mut *tx)
-    .await?;
-    let outbox = record_change(&mut tx, &auth, &agent, "agent.created").await?;
-    tx.commit().await?;
-    outbox.send(&state.queues.deliveries).await;
-    let out = CreatedAgent {
-        agent: agent.view(),
-        signing_secret: secret,
-    };
-    let out = serde_json::to_value(out).map_err(ApiError::internal)?;
-    Ok((StatusCode::CREATED, Json(out)))
+    .bind(slug)
+    .fetch_optional(&mut **tx)
+    .await
 }
 
 /// 400 naming `schedule` when it would fire more often than the operator allows
@@ -215,7 +279,7 @@ async fn list(
     let cursor = Cursor::new(q.limit, q.cursor.as_deref())?;
     let page = agents::list(&state.db, auth.team_id(), auth.agent_restriction(), &cursor).await?;
     Ok(Json(Page {
-        data: page.data.iter().map(agent_json).collect(),
+        data: page.data.iter().map(|a| agent_out(&state, a)).collect(),
         next_cursor: page.next_cursor,
     }))
 }
@@ -231,7 +295,10 @@ async fn show(
     ApiPath(id): ApiPath<AgentId>,
 ) -> Result<Json<Value>, ApiError> {
     auth.require(Scope::AgentsRead)?;
-    Ok(Json(agent_json(&visible_agent(&state, &auth, id).await?)))
+    Ok(Json(agent_out(
+        &state,
+        &visible_agent(&state, &auth, id).await?,
+    )))
 }
 
 /// Changes an agent; absent fields stay, `null` clears the nullable ones.
@@ -264,11 +331,12 @@ async fn update(
     } else {
         current.next_run_at
     };
+    let slug = v.slug.clone().unwrap_or_else(|| current.slug.clone());
     let mut tx = state.db.begin().await?;
     let agent: Option<Agent> = sqlx::query_as(&format!(
         "UPDATE agents SET name = $3, description = $4, runtime = $5, config = $6, schedule = $7, timezone = $8,
                 max_concurrent_runs = $9, max_run_seconds = $10, approval = $11, next_run_at = $12,
-                rate_limit_per_minute = $13, rate_limit_per_day = $14, updated_at = now()
+                rate_limit_per_minute = $13, rate_limit_per_day = $14, slug = $15, updated_at = now()
          WHERE id = $1 AND team_id = $2 AND deleted_at IS NULL RETURNING {AGENT_COLUMNS}"
     ))
     .bind(id)
@@ -285,13 +353,24 @@ async fn update(
     .bind(next_run_at)
     .bind(v.rate_limit.per_minute)
     .bind(v.rate_limit.per_day)
+    .bind(&slug)
     .fetch_optional(&mut *tx)
-    .await?;
+    .await
+    .map_err(|e| {
+        if is_slug_conflict(&e) {
+            slug_taken(&slug)
+        } else {
+            e.into()
+        }
+    })?;
     let agent = agent.ok_or_else(|| ApiError::not_found("Agent"))?;
     let outbox = record_change(&mut tx, &auth, &agent, "agent.updated").await?;
     tx.commit().await?;
     outbox.send(&state.queues.deliveries).await;
-    Ok(Json(agent_json(&agent)))
+    if agent.slug != current.slug {
+        state.hosts.forget_slug(&state, &current.slug);
+    }
+    Ok(Json(agent_out(&state, &agent)))
 }
 
 /// Deletes an agent. Its queued runs and pending approvals are cancelled; running runs
@@ -319,12 +398,22 @@ async fn remove(
     .fetch_optional(&mut *tx)
     .await?;
     let agent = agent.ok_or_else(|| ApiError::not_found("Agent"))?;
+    // Its custom domains are free for another agent; its slug host stops answering.
+    let freed: Vec<String> =
+        sqlx::query_scalar("DELETE FROM agent_domains WHERE agent_id = $1 RETURNING domain")
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?;
     // Runs not yet started, or waiting for a person, will never go on now; running ones finish.
     let cancelled = lifecycle::cancel::cancel_for_agent(&mut tx, id).await?;
     let mut outbox = record_change(&mut tx, &auth, &agent, "agent.deleted").await?;
     outbox.extend(cancelled);
     tx.commit().await?;
     outbox.send(&state.queues.deliveries).await;
+    state.hosts.forget_slug(&state, &agent.slug);
+    for domain in &freed {
+        state.hosts.forget(domain);
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -340,7 +429,7 @@ async fn pause(
 ) -> Result<Json<Value>, ApiError> {
     auth.require(Scope::AgentsWrite)?;
     let (agent, _) = set_status(&state, &auth, id, "paused").await?;
-    Ok(Json(agent_json(&agent)))
+    Ok(Json(agent_out(&state, &agent)))
 }
 
 /// Resumes an agent: held runs are released oldest first, as slots allow; the schedule goes
@@ -362,7 +451,7 @@ async fn resume(
             tracing::warn!(error = %e, runs = payloads.len(), "enqueue of released runs failed; the reconciler will retry");
         }
     }
-    Ok(Json(agent_json(&agent)))
+    Ok(Json(agent_out(&state, &agent)))
 }
 
 /// Sets an agent's status; on resume, releases its held runs (returns those to enqueue now,

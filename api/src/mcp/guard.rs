@@ -12,14 +12,24 @@ use crate::state::AppState;
 
 /// Refuses requests for a foreign `Host` or from a foreign `Origin`.
 pub(crate) async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    match check(&state, req.headers()) {
+    // An agent's own host (see `crate::hosts`) is one of ours too.
+    let agent_host = req
+        .extensions()
+        .get::<crate::hosts::AgentHost>()
+        .map(|h| h.host.clone());
+    match check(&state, req.headers(), agent_host) {
         Ok(()) => next.run(req).await,
         Err(e) => e.into_response(),
     }
 }
 
-fn check(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let allowed = allowed_hosts(state);
+fn check(
+    state: &AppState,
+    headers: &HeaderMap,
+    agent_host: Option<String>,
+) -> Result<(), ApiError> {
+    let mut allowed = allowed_hosts(state);
+    allowed.extend(agent_host);
     let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())

@@ -2,6 +2,9 @@
 //! are shared by the API (CRUD), the worker (loading an agent to run it) and the scheduler.
 
 pub mod config;
+pub mod domains;
+pub mod endpoints;
+pub mod slug;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -21,6 +24,8 @@ pub struct Agent {
     pub team_id: TeamId,
     /// Name.
     pub name: String,
+    /// The agent's host name label (`{slug}.AGENTQ_AGENT_DOMAIN`), unique among live agents.
+    pub slug: String,
     /// Free text.
     pub description: Option<String>,
     /// `scripted` or `http`.
@@ -66,6 +71,9 @@ pub struct AgentView<'a> {
     id: AgentId,
     /// Name.
     name: &'a str,
+    /// The agent's own host name label: `{slug}.{AGENTQ_AGENT_DOMAIN}` reaches it.
+    #[schema(example = "support-triage")]
+    slug: &'a str,
     /// Free text.
     description: Option<&'a str>,
     /// `scripted` or `http`.
@@ -95,6 +103,17 @@ pub struct AgentView<'a> {
     created_at: DateTime<Utc>,
     /// Last change.
     updated_at: DateTime<Utc>,
+    /// Where the agent is reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    endpoints: Option<endpoints::Endpoints>,
+}
+
+impl AgentView<'_> {
+    /// The view with the agent's URLs.
+    pub fn with_endpoints(mut self, endpoints: endpoints::Endpoints) -> Self {
+        self.endpoints = Some(endpoints);
+        self
+    }
 }
 
 /// An agent's limits, as set and shown.
@@ -132,6 +151,7 @@ impl Agent {
         AgentView {
             id: self.id,
             name: &self.name,
+            slug: &self.slug,
             description: self.description.as_deref(),
             runtime: &self.runtime,
             config: &self.config,
@@ -149,6 +169,7 @@ impl Agent {
             }),
             created_at: self.created_at,
             updated_at: self.updated_at,
+            endpoints: None,
         }
     }
 
@@ -214,7 +235,7 @@ pub async fn seal_signing_secrets(db: &PgPool, keyring: &Keyring) -> Result<u64,
 }
 
 /// Columns of [`Agent`], for queries elsewhere.
-pub const AGENT_COLUMNS: &str = "id, team_id, name, description, runtime, config, signing_secret, signing_secret_sealed, \
+pub const AGENT_COLUMNS: &str = "id, team_id, name, slug, description, runtime, config, signing_secret, signing_secret_sealed, \
     schedule, timezone, status, max_concurrent_runs, max_run_seconds, approval, next_run_at, rate_limit_per_minute, rate_limit_per_day, \
     created_at, updated_at, deleted_at";
 
