@@ -188,7 +188,7 @@ pub async fn run(
                 .enable_tracing()
                 .catch_panic()
                 .concurrency(concurrency)
-                .data(ctx.clone())
+                .data(Arc::new(ctx.clone()))
                 .build(run_job)
         })
         .register(move |_restarts| {
@@ -200,7 +200,7 @@ pub async fn run(
                 .enable_tracing()
                 .catch_panic()
                 .concurrency(delivery_concurrency)
-                .data(delivery_ctx.clone())
+                .data(Arc::new(delivery_ctx.clone()))
                 .build(delivery_job)
         });
     // Not Monitor::run_with_signal: it would keep waiting for the signal after the worker
@@ -219,8 +219,9 @@ pub async fn run(
 }
 
 /// The apalis job function for webhook deliveries.
-async fn delivery_job(job: DeliveryJob, ctx: Data<Ctx>) -> Result<(), BoxDynError> {
-    webhooks::handle(&ctx, job).await.map_err(|e| {
+async fn delivery_job(job: DeliveryJob, ctx: Data<Arc<Ctx>>) -> Result<(), BoxDynError> {
+    let work = Box::pin(webhooks::handle(&ctx, job));
+    work.await.map_err(|e| {
         tracing::warn!(delivery_id = %job.delivery_id, error = %e, "delivery job failed; it will be redelivered");
         Box::new(e) as BoxDynError
     })
@@ -229,11 +230,30 @@ async fn delivery_job(job: DeliveryJob, ctx: Data<Ctx>) -> Result<(), BoxDynErro
 /// The apalis job function for runs: Ok acknowledges the entry, Err leaves it for redelivery.
 async fn run_job(
     job: RunJob,
-    ctx: Data<Ctx>,
+    ctx: Data<Arc<Ctx>>,
     delivery: Data<DeliveryInfo>,
 ) -> Result<(), BoxDynError> {
-    runs::handle(&ctx, job, delivery.deliveries).await.map_err(|e| {
+    // Boxed: the run's own future then lives in one allocation of its size, instead of
+    // being held (and copied) inline in every layer apalis wraps around this one.
+    let work = Box::pin(runs::handle(&ctx, job, delivery.deliveries));
+    work.await.map_err(|e| {
         tracing::warn!(run_id = %job.run_id, error = %e, "run job failed; it will be redelivered");
         Box::new(e) as BoxDynError
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runs::tests::future_size;
+
+    /// What apalis keeps per job in flight around the run's own (boxed) future.
+    #[test]
+    fn the_job_functions_hold_their_work_boxed() {
+        let run =
+            future_size(|a: (RunJob, Data<Arc<Ctx>>, Data<DeliveryInfo>)| run_job(a.0, a.1, a.2));
+        assert!(run <= 512, "run_job's future is {run} bytes");
+        let delivery = future_size(|a: (DeliveryJob, Data<Arc<Ctx>>)| delivery_job(a.0, a.1));
+        assert!(delivery <= 512, "delivery_job's future is {delivery} bytes");
+    }
 }

@@ -15,7 +15,7 @@ use agentq_shared::approvals::policy::Policy;
 use agentq_shared::ids::RunId;
 use agentq_shared::runs::lifecycle::start::input_text;
 use agentq_shared::runs::lifecycle::wait::{self, ApprovalRequest};
-use agentq_shared::runs::lifecycle::{Ending, Lease, NewStep, StepWrite, Written};
+use agentq_shared::runs::lifecycle::{Ending, Lease, Lifecycle, NewStep, StepWrite, Written};
 use agentq_shared::runs::steps::{self, Role, Step, StepKind};
 use agentq_shared::runs::{Run, RunStatus};
 
@@ -50,7 +50,12 @@ pub(super) async fn execute(
     }
     let started_at = run.started_at;
     let (tx, mut signal) = watch::channel(Signal::Go);
-    let beat = tokio::spawn(heartbeat(ctx.clone(), lease, tx));
+    let beat = tokio::spawn(heartbeat(
+        ctx.lifecycle.clone(),
+        ctx.config.heartbeat_every,
+        lease,
+        tx,
+    ));
     let mut tail = None;
     let result = run_steps(ctx, &lease, run, &agent, &mut signal, &mut tail).await;
     beat.abort();
@@ -71,12 +76,15 @@ pub(super) async fn execute(
     Ok(())
 }
 
-async fn heartbeat(ctx: Ctx, lease: Lease, tx: watch::Sender<Signal>) {
-    let mut tick = tokio::time::interval(ctx.config.heartbeat_every);
+/// Keeps the lease alive; a task of its own per run, so it holds only what it needs (not the
+/// whole context), and its store call is boxed (it lives only while the beat is written).
+async fn heartbeat(lifecycle: Lifecycle, every: Duration, lease: Lease, tx: watch::Sender<Signal>) {
+    let mut tick = tokio::time::interval(every);
     tick.tick().await;
     loop {
         tick.tick().await;
-        match ctx.lifecycle.heartbeat(lease).await {
+        let beat = Box::pin(lifecycle.heartbeat(lease));
+        match beat.await {
             Ok(Written::Ok {
                 cancel_requested: true,
                 ..
