@@ -7,6 +7,7 @@ mod cron;
 mod expire;
 mod leader;
 mod reconcile;
+pub mod retention;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -31,8 +32,8 @@ pub struct SchedulerConfig {
     pub catch_up: CatchUp,
     /// A fire time later than this is "missed" (a short delay is just a late tick).
     pub catch_up_grace: Duration,
-    /// Request logs older than this are deleted.
-    pub request_log_retention: Duration,
+    /// Partitions ahead and how long history is kept.
+    pub retention: retention::RetentionConfig,
     /// Shortest interval between two fires of one schedule, whatever its expression says
     /// (schedules saved before the API enforced it are held to it here).
     pub min_interval: Duration,
@@ -57,7 +58,7 @@ impl SchedulerConfig {
             stale_after: Duration::from_secs(20),
             catch_up: CatchUp::One,
             catch_up_grace: Duration::from_secs(60),
-            request_log_retention: Duration::from_secs(30 * 86_400),
+            retention: retention::RetentionConfig::default(),
             min_interval: agentq_shared::schedule::DEFAULT_MIN_INTERVAL,
         }
     }
@@ -94,6 +95,7 @@ pub async fn run(
     tracing::info!(holder = lease.holder(), "scheduler started");
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(config.tick);
+    let mut retained: Option<Instant> = None;
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -117,11 +119,11 @@ pub async fn run(
         )
         .await;
         timed("expire_approvals", expire::approvals(&db, &queues)).await;
-        timed(
-            "request_log_retention",
-            expire::request_logs(&db, config.request_log_retention),
-        )
-        .await;
+        if retained.is_none_or(|at| at.elapsed() >= config.retention.every) {
+            retained = Some(Instant::now());
+            let pass = retention::pass(&db, &config.retention);
+            timed("retention", async { pass.await.map(|r| r.items()) }).await;
+        }
     }
     lease.release().await;
     tracing::info!("scheduler stopped");

@@ -207,8 +207,11 @@ fn scheduler_config(
     let mut config = SchedulerConfig::new(store);
     config.stale_after = seconds("AGENTQ_STALE_AFTER_SECONDS", t.stale_after_seconds)?;
     config.requeue_after = seconds("AGENTQ_REQUEUE_AFTER_SECONDS", args.requeue_after_seconds)?;
-    config.request_log_retention =
-        Duration::from_secs(u64::from(args.request_log_retention_days.max(1)) * 86_400);
+    let days = |n: u32| (n > 0).then(|| Duration::from_secs(u64::from(n) * 86_400));
+    config.retention.request_logs = days(args.request_log_retention_days);
+    config.retention.runs = days(args.run_retention_days);
+    config.retention.deliveries = days(args.delivery_retention_days);
+    config.retention.audit = args.audit_retention_days.and_then(days);
     config.min_interval = Duration::from_secs(t.min_schedule_seconds);
     config.catch_up = match args.catch_up {
         super::args::CatchUpArg::One => agentq_scheduler::CatchUp::One,

@@ -28,6 +28,7 @@ mod mcp_servers;
 mod openapi;
 mod quotas;
 mod resilience;
+mod retention;
 mod runs;
 mod schedules;
 mod secrets_at_rest;
