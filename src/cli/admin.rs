@@ -247,6 +247,25 @@ pub(crate) async fn serve_scheduler(
     Ok(())
 }
 
+pub(crate) async fn retention(
+    s: &StoreArgs,
+    t: &TuningArgs,
+    args: SchedulerArgs,
+) -> Result<(), Failure> {
+    let config = scheduler_config(store_config(s)?, t, &args)?;
+    let db = agentq_shared::db::connect(&config.store.database_url, 2).await?;
+    let retention = agentq_scheduler::retention::RetentionConfig {
+        max_batches: usize::MAX,
+        ..config.retention
+    };
+    let r = agentq_scheduler::retention::pass(&db, &retention).await?;
+    println!(
+        "partitions_created={} partitions_dropped={} runs_deleted={} deliveries_deleted={} events_deleted={}",
+        r.partitions_created, r.partitions_dropped, r.runs_deleted, r.deliveries_deleted, r.events_deleted
+    );
+    Ok(())
+}
+
 pub(crate) async fn serve_all(s: &StoreArgs, t: &TuningArgs, args: AllArgs) -> Result<(), Failure> {
     let store = store_config(s)?;
     // One process, one connection budget: the roles share AGENTQ_DB_MAX_CONNECTIONS.

@@ -105,6 +105,9 @@ pub(crate) enum Command {
     Scheduler(SchedulerArgs),
     /// Migrate, then run api + worker + scheduler in one process (for a laptop).
     All(AllArgs),
+    /// One retention pass now, to its end: partitions ahead, history past its age dropped
+    /// (the scheduler does the same every few minutes, in bounded steps).
+    Retention(SchedulerArgs),
     /// Manage teams (tenants).
     #[command(subcommand)]
     Teams(TeamsCommand),
