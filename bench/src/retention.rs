@@ -175,7 +175,8 @@ async fn print_sizes(db: &mut PgConnection) -> anyhow::Result<()> {
     for t in TABLES {
         let (rows, bytes, parts): (i64, i64, i64) = sqlx::query_as(&format!(
             "SELECT (SELECT count(*) FROM {t}),
-                    (SELECT coalesce(sum(pg_total_relation_size(relid)), 0)::bigint FROM pg_partition_tree('{t}')),
+                    greatest(pg_total_relation_size('{t}'),
+                        (SELECT coalesce(sum(pg_total_relation_size(relid)), 0)::bigint FROM pg_partition_tree('{t}'))),
                     (SELECT count(*) FROM pg_partition_tree('{t}') WHERE isleaf AND level > 0)"
         ))
         .fetch_one(&mut *db)
@@ -231,24 +232,45 @@ impl ListApi {
             body = b;
         }
         took.sort();
-        let rows = body["data"].as_array().map_or(0, Vec::len);
+        let rows = match body["data"].as_array() {
+            Some(rows) => format!("({} rows)", rows.len()),
+            None => format!(
+                "({} attempts)",
+                body["attempt_log"].as_array().map_or(0, Vec::len)
+            ),
+        };
         println!(
-            "  {label:<44} p50 {:>7.2} ms  max {:>7.2} ms  ({rows} rows)",
+            "  {label:<44} p50 {:>7.2} ms  max {:>7.2} ms  {rows}",
             took[took.len() / 2].as_secs_f64() * 1e3,
             took[took.len() - 1].as_secs_f64() * 1e3,
         );
         Ok(body)
     }
 
-    /// The cursor after `pages` pages of 50 of `path` (no query of its own).
-    async fn cursor_after(&self, path: &str, pages: usize) -> anyhow::Result<String> {
+    /// The cursor after `pages` pages of 50 of `path` (no query of its own); None when the
+    /// list is shorter.
+    async fn cursor_after(&self, path: &str, pages: usize) -> anyhow::Result<Option<String>> {
         let mut cursor = String::new();
         for _ in 0..pages {
             let (body, _) = self.get(&format!("{path}?limit=50{cursor}")).await?;
-            let next = body["next_cursor"].as_str().context("ran out of pages")?;
+            let Some(next) = body["next_cursor"].as_str() else {
+                return Ok(None);
+            };
             cursor = format!("&cursor={next}");
         }
-        Ok(cursor)
+        Ok(Some(cursor))
+    }
+
+    /// Times page 100 of `path`, if there is one.
+    async fn time_deep(&self, label: &str, path: &str) -> anyhow::Result<()> {
+        match self.cursor_after(path, 99).await? {
+            Some(cursor) => {
+                self.time(label, &format!("{path}?limit=50{cursor}"))
+                    .await?;
+            }
+            None => println!("  {label:<44} (fewer than 100 pages)"),
+        }
+        Ok(())
     }
 }
 
@@ -256,9 +278,7 @@ async fn time_lists(api: &ListApi, agent: &str, endpoint: &str) -> anyhow::Resul
     let runs = format!("/agents/{agent}/runs");
     api.time("runs: first page", &format!("{runs}?limit=50"))
         .await?;
-    let deep = api.cursor_after(&runs, 99).await?;
-    api.time("runs: page 100 (cursor)", &format!("{runs}?limit=50{deep}"))
-        .await?;
+    api.time_deep("runs: page 100 (cursor)", &runs).await?;
     api.time(
         "runs: status=failed",
         &format!("{runs}?limit=50&status=failed"),
@@ -277,12 +297,8 @@ async fn time_lists(api: &ListApi, agent: &str, endpoint: &str) -> anyhow::Resul
     .await?;
     api.time("request logs: first page", "/request-logs?limit=50")
         .await?;
-    let deep = api.cursor_after("/request-logs", 99).await?;
-    api.time(
-        "request logs: page 100 (cursor)",
-        &format!("/request-logs?limit=50{deep}"),
-    )
-    .await?;
+    api.time_deep("request logs: page 100 (cursor)", "/request-logs")
+        .await?;
     let (from, to) = window(20);
     api.time(
         "request logs: a day 20 days ago, status=429",
