@@ -95,7 +95,10 @@ pub async fn run(
     tracing::info!(holder = lease.holder(), "scheduler started");
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(config.tick);
+    // Retention runs beside the ticks (a long pass must not hold cron or reconciliation
+    // up), one pass at a time.
     let mut retained: Option<Instant> = None;
+    let mut retention_task: Option<tokio::task::JoinHandle<()>> = None;
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -119,11 +122,20 @@ pub async fn run(
         )
         .await;
         timed("expire_approvals", expire::approvals(&db, &queues)).await;
-        if retained.is_none_or(|at| at.elapsed() >= config.retention.every) {
+        if retained.is_none_or(|at| at.elapsed() >= config.retention.every)
+            && retention_task.as_ref().is_none_or(|t| t.is_finished())
+        {
             retained = Some(Instant::now());
-            let pass = retention::pass(&db, &config.retention);
-            timed("retention", async { pass.await.map(|r| r.items()) }).await;
+            let (db, c) = (db.clone(), config.retention.clone());
+            retention_task = Some(tokio::spawn(async move {
+                let pass = retention::pass(&db, &c);
+                timed("retention", async { pass.await.map(|r| r.items()) }).await;
+            }));
         }
+    }
+    // A pass cut off here rolls back its batch; a detach cut off is finished by the next.
+    if let Some(task) = retention_task {
+        task.abort();
     }
     lease.release().await;
     tracing::info!("scheduler stopped");

@@ -7,7 +7,8 @@
 //!    and safe with two schedulers);
 //! 2. drops whole partitions past their age: `DETACH PARTITION … CONCURRENTLY` (no lock that
 //!    blocks readers or writers), then `DROP TABLE` of the detached table. A `run_steps`
-//!    partition that still holds an unfinished run waits;
+//!    partition that still holds a run that stays (unfinished, or ended within the
+//!    retention) waits;
 //! 3. deletes finished runs past their age (and their approvals, notifications, inbound
 //!    events and leftover steps), finished deliveries past theirs (with their attempts)
 //!    and their events, in batches of [`BATCH`] rows, one short transaction each. Queued,
@@ -186,7 +187,7 @@ async fn drop_old_partitions(
         let Some(upper) = p.upper.filter(|u| *u <= cutoff) else {
             continue;
         };
-        if table == "run_steps" && holds_unfinished_run(db, p.lower, upper).await? {
+        if table == "run_steps" && holds_kept_run(db, p.lower, upper, keep).await? {
             continue;
         }
         // The name comes from pg_class, and is quoted as an identifier all the same.
@@ -214,18 +215,22 @@ fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
-/// Whether a run created in [lower, upper) has not ended (its steps must stay).
-async fn holds_unfinished_run(
+/// Whether a run created in [lower, upper) stays: it has not ended, or ended within `keep`
+/// (its steps must stay with it).
+async fn holds_kept_run(
     db: &PgPool,
     lower: Option<Uuid>,
     upper: Uuid,
+    keep: Duration,
 ) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM runs WHERE ($1::uuid IS NULL OR id >= $1) AND id < $2
-            AND status IN ('queued', 'running', 'waiting_approval'))",
+            AND (status IN ('queued', 'running', 'waiting_approval')
+                 OR coalesce(finished_at, created_at) >= now() - make_interval(secs => $3)))",
     )
     .bind(lower)
     .bind(upper)
+    .bind(keep.as_secs_f64())
     .fetch_one(db)
     .await
 }

@@ -12,7 +12,9 @@ use sqlx::migrate::Migrator;
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::{NoContext, Timestamp, Uuid};
 
+use agentq_api::request_logs::{push_search, SearchFilter};
 use agentq_scheduler::retention::{self, RetentionConfig};
+use agentq_shared::pagination::Cursor;
 
 use crate::common::{self, TestApp};
 
@@ -425,14 +427,22 @@ async fn retention_drops_old_partitions_and_deletes_old_finished_runs_only() {
     let app = TestApp::spawn().await;
     let db = &app.db.pool;
     let (team, agent, endpoint) = seed_base(&app).await;
-    // 200 days ago: 2,500 finished runs (three batches), one still running (its week's
-    // steps must stay), one waiting for approval in another week, with an approval and a
-    // notification on a finished one. Yesterday: finished runs that stay.
+    // 200 days ago: 2,500 finished runs (three batches), with an approval and a
+    // notification on one. 150 days ago, one still running (its week's steps must stay) and
+    // three finished beside it; 120 days ago one waiting for approval. Yesterday: finished
+    // runs that stay.
     let old = seed_runs(db, team, agent, 2500, 200, "succeeded").await;
     let running = seed_runs(db, team, agent, 1, 150, "running").await[0];
     let waiting = seed_runs(db, team, agent, 1, 120, "waiting_approval").await[0];
     let old_in_running_week = seed_runs(db, team, agent, 3, 150, "failed").await;
     let recent = seed_runs(db, team, agent, 10, 1, "succeeded").await;
+    // Created 170 days ago, ended ten days ago (after a long wait): kept, with its steps.
+    let late = seed_runs(db, team, agent, 1, 170, "succeeded").await[0];
+    sqlx::query("UPDATE runs SET finished_at = now() - interval '10 days' WHERE id = $1")
+        .bind(late)
+        .execute(db)
+        .await
+        .unwrap();
     sqlx::query(
         "WITH a AS (INSERT INTO approvals (id, team_id, agent_id, run_id, status, tool, arguments, tool_call_id, position, step_seq, on_reject, on_expire, expires_at)
                     VALUES (t_v7(now()), $1, $2, $3, 'approved', 't', '{}', 'c', 0, 1, 'fail', 'fail', now()) RETURNING id)
@@ -475,7 +485,7 @@ async fn retention_drops_old_partitions_and_deletes_old_finished_runs_only() {
     for id in old.iter().chain(&old_in_running_week) {
         assert!(!exists(db, run, *id).await && !exists(db, steps, *id).await);
     }
-    for id in recent.iter().chain([&running, &waiting]) {
+    for id in recent.iter().chain([&running, &waiting, &late]) {
         assert!(exists(db, run, *id).await, "kept run");
         assert!(exists(db, steps, *id).await, "kept steps");
     }
@@ -552,13 +562,18 @@ async fn lists_by_time_read_only_their_partitions() {
     for days in [200, 100, 10, 2] {
         seed_history(db, team, endpoint, days).await;
     }
-    // The statement the request-log search sends for a window (a minute of margin in ids).
-    let window = "SELECT id FROM request_logs WHERE team_id = '{team}'
-        AND created_at >= now() - interval '12 days' AND id >= agentq_uuid_v7_floor(now() - interval '12 days' - interval '1 minute')
-        AND created_at < now() - interval '8 days' AND id < agentq_uuid_v7_floor(now() - interval '8 days' + interval '1 minute')
-        ORDER BY id DESC LIMIT 51"
-        .replace("{team}", &team.to_string());
-    let plan = explain(db, &window).await;
+    // The very statement the request-log search sends for a window of four days.
+    let now = chrono::Utc::now();
+    let mut sql = sqlx::QueryBuilder::new("EXPLAIN SELECT id FROM request_logs WHERE ");
+    let filter = SearchFilter {
+        from: Some(now - chrono::Duration::days(12)),
+        to: Some(now - chrono::Duration::days(8)),
+        ..SearchFilter::default()
+    };
+    let cursor = Cursor::new(None, None).unwrap();
+    push_search(&mut sql, app.tenant.team_id, filter, &cursor);
+    let plan: Vec<String> = sql.build_query_scalar().fetch_all(db).await.unwrap();
+    let plan = plan.join("\n");
     let scanned: Vec<&str> = plan
         .lines()
         .filter_map(|l| l.split(" on ").nth(1))
