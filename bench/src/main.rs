@@ -19,6 +19,7 @@ mod observe;
 mod procs;
 mod proxy;
 mod receiver;
+mod retention;
 mod runs;
 mod stack;
 mod stats;
@@ -72,6 +73,9 @@ enum Scenario {
     /// A scripted agent over MCP (`tools/call send_message`, seed 000's bare POST) beside
     /// `POST /chat` on the same server: round trips/s and latency, in alternating rounds.
     Mcp(mcp::Args),
+    /// A year of runs, steps, request logs and deliveries (millions of rows): list pages
+    /// through the API, one retention pass, row counts and table sizes before and after.
+    Retention(retention::Args),
 }
 
 #[tokio::main]
@@ -108,6 +112,7 @@ async fn run(cli: Cli, binary: std::path::PathBuf) -> anyhow::Result<()> {
                 Scenario::Drain(args) => drain::run(&mut stack, args).await,
                 Scenario::Inflight(args) => inflight::run(&mut stack, args).await,
                 Scenario::Mcp(args) => mcp::run(&mut stack, args).await,
+                Scenario::Retention(args) => retention::run(&mut stack, args).await,
             }
         } => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),

@@ -8,6 +8,7 @@ mod domains;
 mod expire;
 mod leader;
 mod reconcile;
+pub mod retention;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -32,10 +33,10 @@ pub struct SchedulerConfig {
     pub catch_up: CatchUp,
     /// A fire time later than this is "missed" (a short delay is just a late tick).
     pub catch_up_grace: Duration,
-    /// Request logs older than this are deleted.
-    pub request_log_retention: Duration,
     /// Time between two samples of the queue and approval gauges.
     pub sample_every: Duration,
+    /// Partitions ahead and how long history is kept.
+    pub retention: retention::RetentionConfig,
     /// Shortest interval between two fires of one schedule, whatever its expression says
     /// (schedules saved before the API enforced it are held to it here).
     pub min_interval: Duration,
@@ -64,7 +65,7 @@ impl SchedulerConfig {
             stale_after: Duration::from_secs(20),
             catch_up: CatchUp::One,
             catch_up_grace: Duration::from_secs(60),
-            request_log_retention: Duration::from_secs(30 * 86_400),
+            retention: retention::RetentionConfig::default(),
             min_interval: agentq_shared::schedule::DEFAULT_MIN_INTERVAL,
             sample_every: Duration::from_secs(5),
             domain_check_every: Duration::from_secs(60),
@@ -109,6 +110,10 @@ pub async fn run(
     tokio::pin!(shutdown);
     let mut domain_checks: Option<tokio::task::JoinHandle<()>> = None;
     let mut tick = tokio::time::interval(config.tick);
+    // Retention runs beside the ticks (a long pass must not hold cron or reconciliation
+    // up), one pass at a time.
+    let mut retained: Option<Instant> = None;
+    let mut retention_task: Option<tokio::task::JoinHandle<()>> = None;
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -140,11 +145,20 @@ pub async fn run(
                 timed("verify_domains", domains::verify(&db, &config)).await;
             }));
         }
-        timed(
-            "request_log_retention",
-            expire::request_logs(&db, config.request_log_retention),
-        )
-        .await;
+        if retained.is_none_or(|at| at.elapsed() >= config.retention.every)
+            && retention_task.as_ref().is_none_or(|t| t.is_finished())
+        {
+            retained = Some(Instant::now());
+            let (db, c) = (db.clone(), config.retention.clone());
+            retention_task = Some(tokio::spawn(async move {
+                let pass = retention::pass(&db, &c);
+                timed("retention", async { pass.await.map(|r| r.items()) }).await;
+            }));
+        }
+    }
+    // A pass cut off here rolls back its batch; a detach cut off is finished by the next.
+    if let Some(task) = retention_task {
+        task.abort();
     }
     sampler.abort();
     if let Some(h) = domain_checks {

@@ -44,6 +44,14 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
         .await?;
     sqlx::raw_sql(FUNCTIONS).execute(&mut *tx).await?;
     tx.commit().await?;
+    // The partitions of the coming weeks, so writes never lack one even before a scheduler
+    // has run (the scheduler keeps them ahead from then on).
+    sqlx::query(
+        "SELECT agentq_ensure_partitions(t, now(), now() + interval '8 weeks')
+         FROM unnest(ARRAY['run_steps', 'request_logs', 'webhook_attempts', 'audit_logs']) t",
+    )
+    .execute(pool)
+    .await?;
     Ok(())
 }
 

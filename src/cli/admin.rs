@@ -232,8 +232,11 @@ fn scheduler_config(
     let mut config = SchedulerConfig::new(store);
     config.stale_after = seconds("AGENTQ_STALE_AFTER_SECONDS", t.stale_after_seconds)?;
     config.requeue_after = seconds("AGENTQ_REQUEUE_AFTER_SECONDS", args.requeue_after_seconds)?;
-    config.request_log_retention =
-        Duration::from_secs(u64::from(args.request_log_retention_days.max(1)) * 86_400);
+    let days = |n: u32| (n > 0).then(|| Duration::from_secs(u64::from(n) * 86_400));
+    config.retention.request_logs = days(args.request_log_retention_days);
+    config.retention.runs = days(args.run_retention_days);
+    config.retention.deliveries = days(args.delivery_retention_days);
+    config.retention.audit = args.audit_retention_days.and_then(days);
     config.min_interval = Duration::from_secs(t.min_schedule_seconds);
     config.dns_resolver = dns_resolver(t)?;
     config.domain_check_every = seconds("AGENTQ_DOMAIN_CHECK_SECONDS", args.domain_check_seconds)?;
@@ -268,6 +271,25 @@ pub(crate) async fn serve_scheduler(
 ) -> Result<(), Failure> {
     let config = scheduler_config(store_config(s)?, t, &args)?;
     agentq_scheduler::run(config, stopped(shutdown_signal())).await?;
+    Ok(())
+}
+
+pub(crate) async fn retention(
+    s: &StoreArgs,
+    t: &TuningArgs,
+    args: SchedulerArgs,
+) -> Result<(), Failure> {
+    let config = scheduler_config(store_config(s)?, t, &args)?;
+    let db = agentq_shared::db::connect(&config.store.database_url, 2).await?;
+    let retention = agentq_scheduler::retention::RetentionConfig {
+        max_batches: usize::MAX,
+        ..config.retention
+    };
+    let r = agentq_scheduler::retention::pass(&db, &retention).await?;
+    println!(
+        "partitions_created={} partitions_dropped={} runs_deleted={} deliveries_deleted={} events_deleted={}",
+        r.partitions_created, r.partitions_dropped, r.runs_deleted, r.deliveries_deleted, r.events_deleted
+    );
     Ok(())
 }
 

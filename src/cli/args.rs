@@ -121,6 +121,9 @@ pub(crate) enum Command {
     Scheduler(Role<SchedulerArgs>),
     /// Migrate, then run api + worker + scheduler in one process (for a laptop).
     All(AllArgs),
+    /// One retention pass now, to its end: partitions ahead, history past its age dropped
+    /// (the scheduler does the same every few minutes, in bounded steps).
+    Retention(SchedulerArgs),
     /// Manage teams (tenants).
     #[command(subcommand)]
     Teams(TeamsCommand),
@@ -302,9 +305,21 @@ pub(crate) struct SchedulerArgs {
     #[arg(long, env = "AGENTQ_REQUEUE_AFTER_SECONDS", default_value_t = 30.0)]
     pub(crate) requeue_after_seconds: f64,
 
-    /// Request logs older than this many days are deleted.
+    /// Request logs older than this many days are dropped (0: kept forever).
     #[arg(long, env = "AGENTQ_REQUEST_LOG_RETENTION_DAYS", default_value_t = 30)]
     pub(crate) request_log_retention_days: u32,
+
+    /// Finished runs (with their steps) older than this many days are deleted (0: kept forever).
+    #[arg(long, env = "AGENTQ_RUN_RETENTION_DAYS", default_value_t = 90)]
+    pub(crate) run_retention_days: u32,
+
+    /// Webhook deliveries, attempts and events older than this many days are deleted (0: kept forever).
+    #[arg(long, env = "AGENTQ_DELIVERY_RETENTION_DAYS", default_value_t = 30)]
+    pub(crate) delivery_retention_days: u32,
+
+    /// Audit logs older than this many days are dropped; unset or 0: kept forever.
+    #[arg(long, env = "AGENTQ_AUDIT_RETENTION_DAYS")]
+    pub(crate) audit_retention_days: Option<u32>,
 
     /// Fire times missed while no scheduler ran: `one` catch-up run per agent, or `skip`.
     #[arg(long, env = "AGENTQ_CATCH_UP", value_enum, default_value = "one")]

@@ -130,6 +130,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::All(args) => admin::serve_all(&cli.store, &cli.tuning, args).await,
+        Command::Retention(args) => admin::retention(&cli.store, &cli.tuning, args).await,
         Command::Teams(cmd) => admin::teams(&cli.store, cmd).await,
         Command::Keys(cmd) => admin::keys(&cli.store, cmd).await,
     }

@@ -422,10 +422,20 @@ async fn a_request_does_not_wait_on_the_log_write() {
 #[tokio::test]
 async fn old_request_logs_are_deleted_by_the_scheduler() {
     let app = TestApp::spawn().await;
+    // Request logs are partitioned by week of their UUIDv7 id: a line of 40 days ago has an
+    // id of then, in a partition of then.
+    sqlx::query(
+        "SELECT agentq_ensure_partitions('request_logs', now() - interval '50 days', now())",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
     for age in ["40 days", "1 day"] {
         sqlx::query(&format!(
             "INSERT INTO request_logs (id, team_id, method, path, status, latency_ms, request_id, created_at)
-             VALUES (agentq_uuid_v7(), $1, 'GET', '/old', 200, 1, 'r', now() - interval '{age}')"
+             VALUES (encode(overlay(uuid_send(agentq_uuid_v7_floor(now() - interval '{age}'))
+                        PLACING substring(uuid_send(gen_random_uuid()) FROM 7) FROM 7), 'hex')::uuid,
+                     $1, 'GET', '/old', 200, 1, 'r', now() - interval '{age}')"
         ))
         .bind(app.tenant.team_id)
         .execute(&app.db.pool)

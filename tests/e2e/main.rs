@@ -32,6 +32,7 @@ mod metrics;
 mod openapi;
 mod quotas;
 mod resilience;
+mod retention;
 mod runs;
 mod schedules;
 mod secrets_at_rest;

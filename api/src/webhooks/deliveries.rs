@@ -198,9 +198,14 @@ async fn show(
     let delivery = one(&state, &auth, endpoint, id).await?;
     let attempts: Vec<Attempt> = sqlx::query_as(
         "SELECT attempt, started_at, status_code, latency_ms, response_body, error FROM webhook_attempts
-         WHERE delivery_id = $1 ORDER BY attempt, started_at",
+         WHERE delivery_id = $1 AND id >= $2 ORDER BY attempt, started_at",
     )
     .bind(id)
+    // Attempts follow their delivery (a day of margin for clocks): only the partitions
+    // from the delivery's week on are read.
+    .bind(agentq_shared::ids::v7_floor(
+        delivery.created_at - chrono::Duration::days(1),
+    ))
     .fetch_all(&state.db)
     .await?;
     let payload: Value = sqlx::query_scalar("SELECT payload FROM events WHERE id = $1")

@@ -124,6 +124,11 @@ pub struct RunFilter {
 }
 
 /// An agent's runs, newest first.
+///
+/// The statement holds only the filters given, so each shape gets its own plan on an index
+/// that matches it (`runs_agent_idx`, or `runs_agent_status_idx` with a status), and a time
+/// window becomes an id range (UUIDv7, a minute of margin for clocks; `created_at` stays
+/// the exact test): every page reads O(page) rows, however deep.
 pub async fn list_for_agent(
     db: impl PgExecutor<'_>,
     team_id: TeamId,
@@ -131,25 +136,31 @@ pub async fn list_for_agent(
     f: &RunFilter,
     cursor: &Cursor,
 ) -> Result<Page<Run>, sqlx::Error> {
-    let rows: Vec<Run> = sqlx::query_as(&format!(
-        "SELECT {RUN_COLUMNS} FROM runs
-         WHERE team_id = $1 AND agent_id = $2
-           AND ($3::text IS NULL OR status = $3)
-           AND ($4::text IS NULL OR trigger_type = $4)
-           AND ($5::timestamptz IS NULL OR created_at >= $5)
-           AND ($6::timestamptz IS NULL OR created_at < $6)
-           AND ($7::uuid IS NULL OR id < $7)
-         ORDER BY id DESC LIMIT $8"
-    ))
-    .bind(team_id)
-    .bind(agent_id)
-    .bind(f.status.map(|s| s.as_str()))
-    .bind(f.trigger)
-    .bind(f.from)
-    .bind(f.to)
-    .bind(cursor.after)
-    .bind(cursor.fetch_limit())
-    .fetch_all(db)
-    .await?;
+    let mut q = sqlx::QueryBuilder::new(format!("SELECT {RUN_COLUMNS} FROM runs WHERE team_id = "));
+    q.push_bind(team_id)
+        .push(" AND agent_id = ")
+        .push_bind(agent_id);
+    if let Some(status) = f.status {
+        q.push(" AND status = ").push_bind(status.as_str());
+    }
+    if let Some(trigger) = f.trigger {
+        q.push(" AND trigger_type = ").push_bind(trigger);
+    }
+    if let Some(from) = f.from {
+        q.push(" AND created_at >= ").push_bind(from);
+        q.push(" AND id >= ")
+            .push_bind(crate::ids::v7_floor(from - chrono::Duration::minutes(1)));
+    }
+    if let Some(to) = f.to {
+        q.push(" AND created_at < ").push_bind(to);
+        q.push(" AND id < ")
+            .push_bind(crate::ids::v7_floor(to + chrono::Duration::minutes(1)));
+    }
+    if let Some(after) = cursor.after {
+        q.push(" AND id < ").push_bind(after);
+    }
+    q.push(" ORDER BY id DESC LIMIT ")
+        .push_bind(cursor.fetch_limit());
+    let rows: Vec<Run> = q.build_query_as().fetch_all(db).await?;
     Ok(cursor.page(rows, |r| r.id.0))
 }
