@@ -92,8 +92,8 @@ async fn seed(db: &mut PgConnection, args: &Args) -> anyhow::Result<(String, Str
                 PLACING substring(uuid_send(gen_random_uuid()) FROM 7) FROM 7), 'hex')::uuid $$",
         "SELECT agentq_ensure_partitions(t, now() - interval '366 days', now())
          FROM unnest(ARRAY['run_steps', 'request_logs', 'webhook_attempts', 'audit_logs']) t",
-        "INSERT INTO agents (id, team_id, name, runtime, config, signing_secret, max_concurrent_runs, max_run_seconds)
-         SELECT bench_v7(now()), t.id, 'bench-' || n, 'scripted', '{}', 'x', 10, 60
+        "INSERT INTO agents (id, team_id, name, slug, runtime, config, signing_secret, max_concurrent_runs, max_run_seconds)
+         SELECT bench_v7(now()), t.id, 'bench-' || n, 'bench-' || n, 'scripted', '{}', 'x', 10, 60
          FROM teams t, generate_series(1, 10) n WHERE t.name = 'bench'",
         "INSERT INTO webhook_endpoints (id, team_id, url, secret)
          SELECT bench_v7(now()), id, 'https://example.com/hook', '\\x00' FROM teams WHERE name = 'bench'",

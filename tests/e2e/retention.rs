@@ -91,8 +91,8 @@ async fn seed_rows(db: &PgPool, ids: &[Uuid]) -> (Uuid, Uuid) {
         .await
         .unwrap();
     sqlx::query(
-        "INSERT INTO agents (id, team_id, name, runtime, config, signing_secret, max_concurrent_runs, max_run_seconds)
-         VALUES ($1, $2, 'a', 'scripted', '{}', 'x', 10, 60)",
+        "INSERT INTO agents (id, team_id, name, slug, runtime, config, signing_secret, max_concurrent_runs, max_run_seconds)
+         VALUES ($1, $2, 'a', 'a-' || substr(md5($1::text), 1, 12), 'scripted', '{}', 'x', 10, 60)",
     )
     .bind(agent)
     .bind(team)
@@ -402,8 +402,8 @@ async fn seed_base(app: &TestApp) -> (Uuid, Uuid, Uuid) {
     let team = app.tenant.team_id.0;
     let (agent, endpoint) = (Uuid::now_v7(), Uuid::now_v7());
     sqlx::query(
-        "INSERT INTO agents (id, team_id, name, runtime, config, signing_secret, max_concurrent_runs, max_run_seconds)
-         VALUES ($1, $2, 'a', 'scripted', '{}', 'x', 10, 60)",
+        "INSERT INTO agents (id, team_id, name, slug, runtime, config, signing_secret, max_concurrent_runs, max_run_seconds)
+         VALUES ($1, $2, 'a', 'a-' || substr(md5($1::text), 1, 12), 'scripted', '{}', 'x', 10, 60)",
     )
     .bind(agent)
     .bind(team)
@@ -623,8 +623,8 @@ async fn a_million_runs_page_through_an_index() {
     let (team, agent, _) = seed_base(&app).await;
     // Nineteen more agents of the team share the table.
     let agents: Vec<Uuid> = sqlx::query_scalar(
-        "INSERT INTO agents (id, team_id, name, runtime, config, signing_secret, max_concurrent_runs, max_run_seconds)
-         SELECT t_v7(now()), $1, 'other', 'scripted', '{}', 'x', 10, 60 FROM generate_series(1, 19) RETURNING id",
+        "INSERT INTO agents (id, team_id, name, slug, runtime, config, signing_secret, max_concurrent_runs, max_run_seconds)
+         SELECT t_v7(now()), $1, 'other', 'other-' || n, 'scripted', '{}', 'x', 10, 60 FROM generate_series(1, 19) n RETURNING id",
     )
     .bind(team)
     .fetch_all(db)
