@@ -13,6 +13,7 @@ use super::METHODS;
 /// Applies every rule above.
 pub(super) fn apply(doc: &mut Value) {
     doc["servers"] = json!([{"url": "/", "description": "The server that serves this document."}]);
+    doc["info"]["contact"] = json!({"name": "The agentq maintainers"});
     let schemas = &mut doc["components"]["schemas"];
     if let Some(schemas) = schemas.as_object_mut() {
         schemas.extend(extra_schemas());
@@ -38,6 +39,10 @@ pub(super) fn apply(doc: &mut Value) {
             }
         }
     }
+    doc["components"]["responses"]["UriTooLong"] = json!({
+        "description": "`uri_too_long`: the path and query are longer than the server reads (every route).",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    });
     doc["components"]["responses"]["Error"] = json!({
         "description": "Any other error, in the same envelope.",
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
@@ -283,6 +288,13 @@ fn per_operation(op: &mut Map<String, Value>) {
         }
     }
     if let Some(Value::Object(responses)) = op.get_mut("responses") {
+        // The public operations read nothing a client could get wrong but the target's size.
+        if !responses.keys().any(|k| k.starts_with('4')) {
+            responses.insert(
+                "414".into(),
+                json!({"$ref": "#/components/responses/UriTooLong"}),
+            );
+        }
         responses
             .entry("default")
             .or_insert_with(|| json!({"$ref": "#/components/responses/Error"}));
