@@ -99,7 +99,6 @@ fn pages_by_ref(schemas: &mut Map<String, Value>) {
 /// Fields an answer leaves out when they are empty (`skip_serializing_if`): not required.
 const SOMETIMES_ABSENT: &[(&str, &str)] = &[
     ("Agent", "endpoints"),
-    ("AgentEndpoints", "host"),
     ("Error", "details"),
     ("InboundAccepted", "status"),
     ("InboundAccepted", "duplicate"),
@@ -352,4 +351,28 @@ fn webhooks() -> Value {
         }}));
     }
     Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_exact_field_names_a_field_the_routes_document() {
+        let (_, doc) = super::super::routes(0).split_for_parts();
+        let doc = serde_json::to_value(doc).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        for (schema, field, _) in exact_fields() {
+            assert!(
+                schemas[schema]["properties"].get(field).is_some(),
+                "{schema}.{field} is not documented: rename it here too"
+            );
+        }
+        for (schema, field) in SOMETIMES_ABSENT {
+            assert!(
+                schemas[*schema]["properties"].get(*field).is_some(),
+                "{schema}.{field} is not documented"
+            );
+        }
+    }
 }
