@@ -550,6 +550,18 @@ async fn real_answers_carry_every_field_the_document_requires() {
     let (_, key) = app.get("/api/v1/api-keys").await;
     conforms(&doc, &schema("PageApiKey"), &key, "PageApiKey");
 
+    // Every outgoing event goes to a receiver that takes it.
+    let receiver = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/events", receiver.local_addr().unwrap());
+    let routes = axum::Router::new().route(
+        "/events",
+        axum::routing::post(|| async { StatusCode::NO_CONTENT }),
+    );
+    tokio::spawn(async move { axum::serve(receiver, routes).await });
+    let (s, endpoint) = app.post("/api/v1/webhooks", json!({"url": hook_url})).await;
+    assert_eq!(s, StatusCode::CREATED, "{endpoint}");
+    let endpoint = endpoint["id"].as_str().unwrap().to_owned();
+
     let agent = app
         .create_agent(json!({"name": "contract", "runtime": "scripted",
             "approval": {"tools": ["deploy"], "on_reject": "continue"},
@@ -597,4 +609,50 @@ async fn real_answers_carry_every_field_the_document_requires() {
     conforms(&doc, &schema("PageStep"), &steps, "PageStep");
     let (_, audit) = app.get("/api/v1/audit-logs").await;
     conforms(&doc, &schema("PageAuditLog"), &audit, "PageAuditLog");
+
+    // Each event sent is the shape the document's `webhooks` section gives its type.
+    let want = [
+        "agent.created",
+        "run.queued",
+        "run.started",
+        "approval.requested",
+        "approval.resolved",
+        "run.succeeded",
+    ];
+    let sent = eventually(T, || async {
+        let (_, page) = app
+            .get(&format!("/api/v1/webhooks/{endpoint}/deliveries?limit=200"))
+            .await;
+        let rows = page["data"].as_array().cloned().unwrap_or_default();
+        let done = rows.iter().filter(|d| d["status"] == "succeeded").count();
+        (done >= want.len()).then_some(rows)
+    })
+    .await
+    .expect("every event delivered");
+    let mut seen = Vec::new();
+    for d in sent {
+        let (_, detail) = app
+            .get(&format!(
+                "/api/v1/webhooks/{endpoint}/deliveries/{}",
+                d["id"].as_str().unwrap()
+            ))
+            .await;
+        conforms(
+            &doc,
+            &schema("WebhookDeliveryDetail"),
+            &detail,
+            "WebhookDeliveryDetail",
+        );
+        let kind = detail["event_type"].as_str().unwrap().to_owned();
+        let body =
+            &doc["webhooks"][&kind]["post"]["requestBody"]["content"]["application/json"]["schema"];
+        assert!(body.is_object(), "{kind} is not in the webhooks section");
+        conforms(&doc, body, &detail["payload"], &kind);
+        let declared = enum_of(&doc, &resolve(&doc, body)["properties"]["type"]);
+        assert!(declared.contains(&kind), "{kind}: {declared:?}");
+        seen.push(kind);
+    }
+    for kind in want {
+        assert!(seen.iter().any(|k| k == kind), "no {kind} among {seen:?}");
+    }
 }
