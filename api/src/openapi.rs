@@ -26,6 +26,9 @@ use utoipa_axum::routes;
 use crate::error::Envelope;
 use crate::state::AppState;
 
+mod contract;
+mod events;
+
 /// Where the document is served.
 pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
 /// Where Swagger UI is served.
@@ -64,7 +67,7 @@ stable strings (`api_key_invalid`, `insufficient_scope`, `rate_limited`, `valida
 #[derive(OpenApi)]
 #[openapi(
     info(title = "agentq API", description = DESCRIPTION, license(name = "Apache-2.0", identifier = "Apache-2.0")),
-    components(schemas(Envelope)),
+    components(schemas(Envelope, agentq_shared::runs::create::TriggerType)),
     tags(
         (name = "agents", description = "Create, configure, pause and resume agents."),
         (name = "triggers", description = "Start runs: signals, API runs and chat."),
@@ -250,16 +253,16 @@ fn finish(doc: utoipa::openapi::OpenApi) -> Value {
             "description": "`X-Api-Key: <key>`"},
     });
     components["responses"] = error_responses();
-    let Some(paths) = doc["paths"].as_object_mut() else {
-        return doc;
-    };
-    for item in paths.values_mut() {
-        for method in METHODS {
-            if let Some(op) = item.get_mut(method).and_then(Value::as_object_mut) {
-                apply_rules(op);
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for item in paths.values_mut() {
+            for method in METHODS {
+                if let Some(op) = item.get_mut(method).and_then(Value::as_object_mut) {
+                    apply_rules(op);
+                }
             }
         }
     }
+    contract::apply(&mut doc);
     doc
 }
 
