@@ -203,6 +203,12 @@ pub async fn request_context(State(state): State<AppState>, req: Request, next: 
     };
     let span =
         tracing::info_span!("request", request_id = %request_id, method = %method, path = %path);
+    // A caller's W3C `traceparent` makes this request's span its child (traces on only).
+    let traceparent = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok());
+    agentq_shared::telemetry::set_parent_from_traceparent(&span, traceparent);
 
     let early = req.extensions().get::<EarlyStatus>().map(|e| e.0);
     let mut resp = match early {

@@ -164,6 +164,7 @@ pub(crate) async fn trigger(
                 action,
             }
         }),
+        traceparent: None,
     };
     state.creator.create(new).await.map_err(|e| match e {
         CreateError::AgentNotFound => ApiError::not_found("Agent"),

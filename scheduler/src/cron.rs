@@ -125,6 +125,7 @@ async fn make_run(
             request_hash: create::fingerprint(TriggerType::Schedule, agent.id, &body),
         }),
         audit: None,
+        traceparent: None,
     };
     match create::create_run(db, queues, new).await {
         Ok(create::Created::New(run)) => {

@@ -5,24 +5,40 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::fmt::format::JsonFields;
-use tracing_subscriber::{fmt, EnvFilter};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, EnvFilter, Layer};
 
 mod json_log;
+mod traces;
+
+pub use traces::{current_traceparent, set_parent_from_traceparent, Tracing};
 
 /// Installs the global tracing subscriber. `json` picks JSON lines with flat, stably typed
-/// fields (see [`json_log`]); `RUST_LOG` filters
-/// (default `info`). Later calls are no-ops, so tests may call it freely.
-pub fn init_tracing(json: bool) {
+/// fields (see [`json_log`]); `RUST_LOG` filters the lines
+/// (default `info`). When `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans are also exported over
+/// OTLP/HTTP as `OTEL_SERVICE_NAME` (default `agentq-<role>`); otherwise no layer is added.
+/// Later calls are no-ops, so tests may call it freely. Keep the answer and call
+/// [`Tracing::shutdown`] at exit to flush the last spans.
+pub fn init_tracing(json: bool, role: &str) -> Tracing {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if json {
-        builder
+    let (otel, tracing) = traces::layer(role);
+    let fmt_layer = if json {
+        fmt::layer()
+            .with_writer(std::io::stderr)
             .fmt_fields(JsonFields::new())
             .event_format(json_log::FlatJson)
-            .try_init()
+            .boxed()
     } else {
-        builder.try_init()
+        fmt::layer().with_writer(std::io::stderr).boxed()
     };
+    // `RUST_LOG` filters the log lines only: the spans of a trace are recorded at `info`
+    // whatever the log level.
+    let _ = tracing_subscriber::registry()
+        .with(otel)
+        .with(fmt_layer.with_filter(filter))
+        .try_init();
+    tracing
 }
 
 /// Bucket bounds of the `_seconds` histograms: 5 ms to an hour (HTTP latency, queue wait,

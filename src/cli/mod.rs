@@ -67,8 +67,17 @@ fn env_name_of(cmd: &clap::Command, shown: &str) -> Option<String> {
 
 /// Runs the chosen command to its end.
 pub(crate) async fn run(cli: Cli) -> ExitCode {
-    agentq_shared::telemetry::init_tracing(cli.log_format == LogFormat::Json);
-    match dispatch(cli).await {
+    let role = match &cli.command {
+        Command::Api(_) => "api",
+        Command::Worker(_) => "worker",
+        Command::Scheduler(_) => "scheduler",
+        Command::All(_) => "all",
+        _ => "admin",
+    };
+    let tracing = agentq_shared::telemetry::init_tracing(cli.log_format == LogFormat::Json, role);
+    let outcome = dispatch(cli).await;
+    tracing.shutdown().await;
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Config(e)) => {
             eprintln!("error: {e}");

@@ -75,6 +75,7 @@ impl Fixture {
                 input: json!(i),
                 idempotency: None,
                 audit: None,
+                traceparent: None,
             };
             match create::create_run(self.pool(), &self.queues, new)
                 .await
@@ -575,6 +576,7 @@ async fn a_group_commit_answers_each_trigger_on_its_own() {
             ip: None,
             action: "signal.received",
         }),
+        traceparent: None,
     };
     let mut batch = Vec::new();
     for _ in 0..10 {

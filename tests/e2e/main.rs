@@ -38,4 +38,5 @@ mod schedules;
 mod secrets_at_rest;
 mod slow_clients;
 mod streaming;
+mod traces;
 mod webhooks;

@@ -235,9 +235,10 @@ async fn run_job(
 ) -> Result<(), BoxDynError> {
     // Boxed: the run's own future then lives in one allocation of its size, instead of
     // being held (and copied) inline in every layer apalis wraps around this one.
+    let run_id = job.run_id;
     let work = Box::pin(runs::handle(&ctx, job, delivery.deliveries));
     work.await.map_err(|e| {
-        tracing::warn!(run_id = %job.run_id, error = %e, "run job failed; it will be redelivered");
+        tracing::warn!(run_id = %run_id, error = %e, "run job failed; it will be redelivered");
         Box::new(e) as BoxDynError
     })
 }

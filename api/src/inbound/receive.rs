@@ -332,6 +332,7 @@ async fn store(
             ),
         }),
         audit: None,
+        traceparent: None,
     };
     let run = match state.creator.create(new).await {
         Ok(created) => created.run().id,

@@ -73,17 +73,29 @@ pub const RUN_COLUMNS: &str =
     attempts, cancel_requested, created_at, started_at, finished_at, usage, script_pos, next_seq, \
     heartbeat_at, deadline_at";
 
-/// The queue payload of a run: just its id; the worker reads the rest from Postgres.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+/// The queue payload of a run: its id (the worker reads the rest from Postgres) and, when
+/// traces are exported, the W3C `traceparent` of the trigger, so the run joins its trace.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunJob {
     /// The run to execute.
     pub run_id: RunId,
+    /// The trigger's span (absent in jobs without a trace, and in older jobs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl RunJob {
     /// The JSON payload put on the queue.
     pub fn payload(run_id: RunId) -> String {
         format!("{{\"run_id\":\"{run_id}\"}}")
+    }
+
+    /// The JSON payload put on the queue, with the trigger's `traceparent` when there is one.
+    pub fn payload_traced(run_id: RunId, traceparent: Option<&str>) -> String {
+        match traceparent {
+            None => Self::payload(run_id),
+            Some(tp) => serde_json::json!({"run_id": run_id, "traceparent": tp}).to_string(),
+        }
     }
 }
 

@@ -10,6 +10,9 @@
 //! - `request_id`, `run_id`, `agent_id`, `team_id`, `key_id`, `delivery_id`, `trace_id`:
 //!   strings.
 //! - `latency_ms`: a number.
+//!
+//! When traces are exported, `trace_id` is the OpenTelemetry trace id (32 hex digits) of the
+//! spans the event is in.
 
 use std::fmt;
 
@@ -58,6 +61,13 @@ where
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
                 let ext = span.extensions();
+                // The OpenTelemetry trace of the span (only when traces are exported).
+                if let Some(trace_id) = ext
+                    .get::<tracing_opentelemetry::OtelData>()
+                    .and_then(|d| d.trace_id())
+                {
+                    line.insert("trace_id".into(), Value::String(trace_id.to_string()));
+                }
                 let Some(fields) = ext.get::<FormattedFields<JsonFields>>() else {
                     continue;
                 };

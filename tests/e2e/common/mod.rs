@@ -33,7 +33,7 @@ pub fn redis_url() -> String {
 
 pub fn init_logs() {
     if std::env::var_os("TEST_LOG").is_some() {
-        agentq_shared::telemetry::init_tracing(false);
+        let _ = agentq_shared::telemetry::init_tracing(false, "test");
     }
 }
 

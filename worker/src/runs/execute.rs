@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use agentq_shared::agents::Agent;
 use agentq_shared::approvals::policy::Policy;
@@ -67,7 +68,11 @@ pub(super) async fn execute(
         End::Finished(status, output, error) => {
             let mut ending = Ending::finish(&lease, status, output, error);
             ending.steps = tail;
-            if Box::pin(ctx.lifecycle.finish(ending)).await? {
+            let finish = ctx
+                .lifecycle
+                .finish(ending)
+                .instrument(tracing::info_span!("run.finish", run_status = %status));
+            if Box::pin(finish).await? {
                 agentq_shared::metrics::run_finished(&agent.runtime, status, started_at);
                 tracing::info!(run_status = %status, "run finished");
             }
@@ -208,7 +213,11 @@ async fn step_loop(
         if decided.status == "approved" && decided.result.is_none() {
             // A call recorded without a result (llm): made now that a person said yes, and
             // recorded with the decision, once.
-            let call = Box::pin(runtime.call_tool(&decided.tool, &decided.arguments));
+            let call = Box::pin(
+                runtime
+                    .call_tool(&decided.tool, &decided.arguments)
+                    .instrument(tool_span(&decided.tool)),
+            );
             match until_deadline(lease, signal, call).await {
                 Wait::Done(Ok(r)) => decided.result = Some(r),
                 Wait::Done(Err(e)) => return Ok(failed(cur, e.0)),
@@ -241,7 +250,13 @@ async fn step_loop(
             steps: &cur.history,
             position: cur.position as usize,
         };
-        let action = match until_deadline(lease, signal, runtime.next(&progress)).await {
+        // One span per step the runtime takes (a model call of `llm` is its child).
+        let next = runtime.next(&progress).instrument(tracing::info_span!(
+            "step",
+            runtime = %agent.runtime,
+            position = cur.position
+        ));
+        let action = match until_deadline(lease, signal, next).await {
             Wait::Done(Ok(a)) => a,
             Wait::Done(Err(e)) => return Ok(failed(cur, e.0)),
             Wait::Interrupted(end) => return Ok(end.with_output(cur.last_reply.clone())),
@@ -327,7 +342,11 @@ async fn step_loop(
                     return Box::pin(wait_for_person(ctx, lease, cur, req)).await;
                 }
                 // Boxed, like the runtime's `next`: the call's state lives only while it runs.
-                let call = Box::pin(runtime.call_tool(&name, &arguments));
+                let call = Box::pin(
+                    runtime
+                        .call_tool(&name, &arguments)
+                        .instrument(tool_span(&name)),
+                );
                 let result = match until_deadline(lease, signal, call).await {
                     Wait::Done(Ok(r)) => r,
                     Wait::Done(Err(e)) => return Ok(failed(cur, e.0)),
@@ -463,7 +482,8 @@ async fn write(
         input_tokens,
         output_tokens,
     };
-    match ctx.lifecycle.write(w).await? {
+    let span = tracing::info_span!("step.write", position, steps = w.steps.len());
+    match ctx.lifecycle.write(w).instrument(span).await? {
         Written::Lost => Ok(Flow::Stop(End::Lost)),
         Written::Ok {
             cancel_requested: true,
@@ -471,6 +491,11 @@ async fn write(
         } => Ok(Flow::Stop(cancelled(None))),
         Written::Ok { .. } => Ok(Flow::Go),
     }
+}
+
+/// The span of one tool call (a child of the run's span).
+fn tool_span(tool: &str) -> tracing::Span {
+    tracing::info_span!("tool.call", tool = %tool)
 }
 
 enum Wait<T> {

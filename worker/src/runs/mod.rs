@@ -7,8 +7,10 @@
 mod execute;
 
 use agentq_shared::batch::BatchError;
+use agentq_shared::ids::RunId;
 use agentq_shared::runs::lifecycle::{start, Start};
 use agentq_shared::runs::{RunJob, RunStatus};
+use tracing::Instrument;
 
 use crate::context::Ctx;
 
@@ -26,11 +28,21 @@ pub enum JobError {
     Queue(String),
 }
 
-/// Handles one delivery of a run job.
-#[tracing::instrument(skip_all, fields(run_id = %job.run_id, agent_id, deliveries))]
+/// Handles one delivery of a run job, in the `run` span: the child of the trigger's span when
+/// the job carries its `traceparent`.
 pub async fn handle(ctx: &Ctx, job: RunJob, deliveries: u64) -> Result<(), JobError> {
-    tracing::Span::current().record("deliveries", deliveries);
-    let (run, agent, lease) = match Box::pin(ctx.lifecycle.start(job.run_id)).await? {
+    let span = tracing::info_span!(
+        "run",
+        run_id = %job.run_id,
+        agent_id = tracing::field::Empty,
+        deliveries
+    );
+    agentq_shared::telemetry::set_parent_from_traceparent(&span, job.traceparent.as_deref());
+    run(ctx, job.run_id).instrument(span).await
+}
+
+async fn run(ctx: &Ctx, run_id: RunId) -> Result<(), JobError> {
+    let (run, agent, lease) = match Box::pin(ctx.lifecycle.start(run_id)).await? {
         Start::Started { run, agent, lease } => (*run, agent, lease),
         Start::Held => {
             tracing::info!("agent paused; run held until it resumes");
@@ -43,7 +55,7 @@ pub async fn handle(ctx: &Ctx, job: RunJob, deliveries: u64) -> Result<(), JobEr
         }
         Start::NotQueued(Some((RunStatus::Running, attempts))) => {
             let stale = ctx.config.stale_after.as_secs_f64();
-            match Box::pin(start::take_over(&ctx.db, job.run_id, attempts, stale)).await? {
+            match Box::pin(start::take_over(&ctx.db, run_id, attempts, stale)).await? {
                 Some((run, agent, lease)) => {
                     tracing::warn!(
                         attempt = lease.attempt,

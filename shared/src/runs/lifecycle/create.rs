@@ -91,6 +91,9 @@ pub struct NewRun {
     pub idempotency: Option<Idempotency>,
     /// Who triggered it, for the audit log (None: not audited).
     pub audit: Option<AuditInfo>,
+    /// The W3C `traceparent` the run's job carries ([`Creator::create`] takes the current
+    /// span's when this is `None`; always `None` when traces are off).
+    pub traceparent: Option<String>,
 }
 
 /// What became of a trigger.
@@ -151,7 +154,10 @@ impl Creator {
     }
 
     /// Records the run (in the next group commit), then enqueues it unless its agent is paused.
-    pub async fn create(&self, new: NewRun) -> Result<Created, CreateError> {
+    pub async fn create(&self, mut new: NewRun) -> Result<Created, CreateError> {
+        if new.traceparent.is_none() {
+            new.traceparent = crate::telemetry::current_traceparent();
+        }
         self.batcher.call(new).await?
     }
 }
@@ -179,8 +185,11 @@ async fn create_batch(
         Ok((results, outbox)) => {
             let fresh: Vec<String> = results
                 .iter()
-                .filter_map(|r| match r {
-                    Ok(Created::New(run)) if !run.held => Some(RunJob::payload(run.id)),
+                .zip(batch)
+                .filter_map(|(r, new)| match r {
+                    Ok(Created::New(run)) if !run.held => {
+                        Some(RunJob::payload_traced(run.id, new.traceparent.as_deref()))
+                    }
                     _ => None,
                 })
                 .collect();

@@ -143,6 +143,8 @@ pub(super) async fn complete(
     )))
 }
 
+/// One request to the model, in a `model.call` span (a child of the step's span).
+#[tracing::instrument(name = "model.call", level = "info", skip_all)]
 async fn once(
     client: &SafeClient,
     url: reqwest::Url,
