@@ -176,3 +176,20 @@ pub async fn list_for_agent(
     let rows: Vec<Run> = q.build_query_as().fetch_all(db).await?;
     Ok(cursor.page(rows, |r| r.id.0))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_job_carries_a_traceparent_and_older_jobs_still_parse() {
+        let id = RunId::new();
+        let old: RunJob = serde_json::from_str(&RunJob::payload(id)).unwrap();
+        assert_eq!((old.run_id, old.traceparent), (id, None));
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let traced: RunJob = serde_json::from_str(&RunJob::payload_traced(id, Some(tp))).unwrap();
+        assert_eq!(traced.run_id, id);
+        assert_eq!(traced.traceparent.as_deref(), Some(tp));
+        assert_eq!(RunJob::payload_traced(id, None), RunJob::payload(id));
+    }
+}
