@@ -215,33 +215,51 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Whether a database error says the database cannot be reached or used right now (pool
+/// exhausted, connection lost or refused, server shutting down or starting), as opposed to
+/// a statement that failed: the first is a 503 to retry, the second a bug.
+fn db_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        // Class 08: connection exception; 57P01-57P03: admin/crash shutdown, cannot connect now.
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+            c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        match &e {
-            sqlx::Error::PoolTimedOut => {
-                tracing::warn!(error = %e, "database pool exhausted");
-                ApiError::unavailable(
-                    "database_unavailable",
-                    "The database is busy or unreachable; retry shortly.",
-                    2,
-                )
-            }
-            _ => ApiError::internal(format!("database: {e}")),
+        if db_unavailable(&e) {
+            tracing::warn!(error = %e, "database unavailable");
+            return ApiError::unavailable(
+                "database_unavailable",
+                "The database is busy or unreachable; retry shortly.",
+                2,
+            );
         }
+        ApiError::internal(format!("database: {e}"))
     }
 }
 
 impl From<agentq_shared::batch::BatchError> for ApiError {
     fn from(e: agentq_shared::batch::BatchError) -> Self {
         match e {
-            agentq_shared::batch::BatchError::Db(db) => match db.as_ref() {
-                sqlx::Error::PoolTimedOut => ApiError::unavailable(
+            agentq_shared::batch::BatchError::Db(db) if db_unavailable(&db) => {
+                ApiError::unavailable(
                     "database_unavailable",
                     "The database is busy or unreachable; retry shortly.",
                     2,
-                ),
-                other => ApiError::internal(format!("database: {other}")),
-            },
+                )
+            }
+            agentq_shared::batch::BatchError::Db(db) => {
+                ApiError::internal(format!("database: {db}"))
+            }
             agentq_shared::batch::BatchError::Closed => ApiError::unavailable(
                 "shutting_down",
                 "The server is shutting down; retry shortly.",
@@ -254,5 +272,30 @@ impl From<agentq_shared::batch::BatchError> for ApiError {
 impl From<agentq_shared::pagination::CursorError> for ApiError {
     fn from(e: agentq_shared::pagination::CursorError) -> Self {
         ApiError::validation(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_or_refused_database_is_unavailable_and_a_failed_statement_is_not() {
+        let lost = || {
+            sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "reset",
+            ))
+        };
+        for e in [sqlx::Error::PoolTimedOut, sqlx::Error::PoolClosed, lost()] {
+            assert!(db_unavailable(&e), "{e}");
+            assert_eq!(ApiError::from(e).status, StatusCode::SERVICE_UNAVAILABLE);
+        }
+        for e in [sqlx::Error::RowNotFound, sqlx::Error::ColumnNotFound("x".into())] {
+            assert!(!db_unavailable(&e), "{e}");
+            assert_eq!(ApiError::from(e).status, StatusCode::INTERNAL_SERVER_ERROR);
+        }
+        let batched = agentq_shared::batch::BatchError::Db(std::sync::Arc::new(lost()));
+        assert_eq!(ApiError::from(batched).status, StatusCode::SERVICE_UNAVAILABLE);
     }
 }
