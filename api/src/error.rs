@@ -291,11 +291,17 @@ mod tests {
             assert!(db_unavailable(&e), "{e}");
             assert_eq!(ApiError::from(e).status, StatusCode::SERVICE_UNAVAILABLE);
         }
-        for e in [sqlx::Error::RowNotFound, sqlx::Error::ColumnNotFound("x".into())] {
+        for e in [
+            sqlx::Error::RowNotFound,
+            sqlx::Error::ColumnNotFound("x".into()),
+        ] {
             assert!(!db_unavailable(&e), "{e}");
             assert_eq!(ApiError::from(e).status, StatusCode::INTERNAL_SERVER_ERROR);
         }
         let batched = agentq_shared::batch::BatchError::Db(std::sync::Arc::new(lost()));
-        assert_eq!(ApiError::from(batched).status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            ApiError::from(batched).status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 }
