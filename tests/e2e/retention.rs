@@ -590,6 +590,25 @@ async fn lists_by_time_read_only_their_partitions() {
         !scanned.is_empty() && scanned.len() <= 2,
         "a four-day window reads at most two weekly partitions:\n{plan}"
     );
+    // The audit log's listing, likewise: a window is an id range over weekly partitions.
+    let mut sql = sqlx::QueryBuilder::new("EXPLAIN SELECT id FROM audit_logs WHERE ");
+    let audit_filter = agentq_shared::audit::AuditFilter {
+        from: Some(now - chrono::Duration::days(12)),
+        to: Some(now - chrono::Duration::days(8)),
+        ..Default::default()
+    };
+    agentq_shared::audit::push_filter(&mut sql, app.tenant.team_id, &audit_filter, &cursor);
+    let plan: Vec<String> = sql.build_query_scalar().fetch_all(db).await.unwrap();
+    let plan = plan.join("\n");
+    let scanned: Vec<&str> = plan
+        .lines()
+        .filter_map(|l| l.split(" on ").nth(1))
+        .filter(|l| l.starts_with("audit_logs_p"))
+        .collect();
+    assert!(
+        !scanned.is_empty() && scanned.len() <= 2,
+        "a four-day window of the audit log reads at most two weekly partitions:\n{plan}"
+    );
     // Newest first without a window reads partitions in order and stops at the page.
     let plan = explain(
         db,
@@ -610,6 +629,21 @@ async fn lists_by_time_read_only_their_partitions() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["data"].as_array().unwrap().len(), 1, "{body}");
+    let (status, body) = app
+        .get(&format!(
+            "/api/v1/audit-logs?from={}&to={}",
+            urlencode(&from),
+            urlencode(&to)
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let actions: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["test"], "{body}");
 }
 
 fn urlencode(s: &str) -> String {
