@@ -6,8 +6,8 @@
 //! `llm` run's model calls are children of its steps and its MCP tool calls of the run (a
 //! scripted model server and the real Python MCP server); the webhook deliveries of the
 //! run's events join the trace and send a `traceparent` header to the receiver; a run resumed
-//! after an approval continues its original trace; a cron fire is the root of its run's
-//! trace. The API's JSON log lines of a traced request carry its trace id.
+//! after an approval, and a held run released when its agent resumes, continue their
+//! original trace; a cron fire is the root of its run's trace. The API's JSON log lines of a traced request carry its trace id.
 
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -741,4 +741,47 @@ async fn a_cron_fire_is_the_root_span_of_its_runs_trace() {
     assert_eq!(fire.service, "agentq-scheduler");
     assert_eq!(fire.parent, "", "a fire is a root span: {fire:?}");
     assert_eq!(run.service, "agentq-worker");
+}
+
+#[tokio::test]
+async fn a_held_run_released_when_its_agent_resumes_continues_its_trace() {
+    let t = Traced::start("traces-held").await;
+    let agent = t.caller.agent().await;
+    let (s, paused, _) = t
+        .caller
+        .post(&format!("/api/v1/agents/{agent}/pause"), json!({}), None)
+        .await;
+    assert_eq!(s, 200, "{paused}");
+    let (trace_id, caller_span) = (random_hex(16), random_hex(8));
+    let run = t
+        .caller
+        .traced_signal(&agent, &trace_id, &caller_span)
+        .await;
+    // Held: not enqueued. The resume (a request in a trace of its own) enqueues it from its row.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        t.caller.get(&format!("/api/v1/runs/{run}")).await["status"],
+        "queued"
+    );
+    let resume_trace = random_hex(16);
+    let (s, resumed, _) = t
+        .caller
+        .post(
+            &format!("/api/v1/agents/{agent}/resume"),
+            json!({}),
+            Some(&format!("00-{resume_trace}-{}-01", random_hex(8))),
+        )
+        .await;
+    assert_eq!(s, 200, "{resumed}");
+    t.caller.wait_for(&run, "succeeded").await;
+
+    let trace = t.trace(&trace_id, |tr| count(tr, "run.finish") == 1).await;
+    let request = only(&trace, "request", "agentq-api");
+    let run_span = only(&trace, "run", "agentq-worker");
+    assert_eq!(
+        run_span.parent, request.span_id,
+        "the released run continues the trace of the request that created it"
+    );
+    let finish = only(&trace, "run.finish", "agentq-worker");
+    assert_eq!(finish.parent, run_span.span_id);
 }

@@ -202,5 +202,10 @@ mod tests {
         assert_eq!(traced.run_id, id);
         assert_eq!(traced.traceparent.as_deref(), Some(tp));
         assert_eq!(RunJob::payload_traced(id, None), RunJob::payload(id));
+        let again: RunJob = serde_json::from_str(&traced.to_payload()).unwrap();
+        assert_eq!(
+            again, traced,
+            "a job re-made from a run's row keeps its trace"
+        );
     }
 }
