@@ -7,7 +7,8 @@
 //! scripted model server and the real Python MCP server); the webhook deliveries of the
 //! run's events join the trace and send a `traceparent` header to the receiver; a run resumed
 //! after an approval, and a held run released when its agent resumes, continue their
-//! original trace; a cron fire is the root of its run's trace. The API's JSON log lines of a traced request carry its trace id.
+//! original trace; a cron fire is the root of its run's trace. The API's JSON log lines of a
+//! traced request carry its trace id.
 
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
