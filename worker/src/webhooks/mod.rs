@@ -106,11 +106,11 @@ async fn deliver(ctx: &Ctx, d: attempt::Delivery) -> Result<(), JobError> {
     let span = tracing::info_span!(
         "webhook.attempt",
         attempt = number,
-        http.status_code = tracing::field::Empty
+        http.response.status_code = tracing::field::Empty
     );
     let result = attempt::send(ctx, &d).instrument(span.clone()).await;
     if let Some(status) = result.status {
-        span.record("http.status_code", status);
+        span.record("http.response.status_code", status);
     }
     drop(span);
     outcome::record(ctx, &d, number, row, result).await
