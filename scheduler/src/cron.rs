@@ -7,6 +7,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::PgPool;
+use tracing::Instrument;
 
 use agentq_shared::ids::{AgentId, TeamId};
 use agentq_shared::queues::Queues;
@@ -105,8 +106,19 @@ fn latest_missed(schedule: &Schedule, first: DateTime<Utc>, now: DateTime<Utc>) 
     first
 }
 
-/// Creates the run of one fire time; false if it already existed.
+/// Creates the run of one fire time; false if it already existed. A fire has no caller to
+/// take a trace from: its `schedule.fire` span is the root of the run's trace.
 async fn make_run(
+    db: &PgPool,
+    queues: &Queues,
+    agent: &Due,
+    at: DateTime<Utc>,
+) -> Result<bool, String> {
+    let span = tracing::info_span!("schedule.fire", agent_id = %agent.id, fire_time = %at);
+    create_fired(db, queues, agent, at).instrument(span).await
+}
+
+async fn create_fired(
     db: &PgPool,
     queues: &Queues,
     agent: &Due,

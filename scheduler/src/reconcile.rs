@@ -20,18 +20,18 @@ pub(crate) async fn runs(
     queue: &Queue,
     config: &SchedulerConfig,
 ) -> Result<usize, String> {
-    let ids = recover::lost_runs(db, config.requeue_after, config.stale_after, BATCH)
+    let jobs = recover::lost_runs(db, config.requeue_after, config.stale_after, BATCH)
         .await
         .map_err(|e| e.to_string())?;
-    if ids.is_empty() {
+    if jobs.is_empty() {
         return Ok(0);
     }
-    let payloads: Vec<String> = ids.iter().map(|id| RunJob::payload(*id)).collect();
+    let payloads: Vec<String> = jobs.iter().map(RunJob::to_payload).collect();
     queue
         .enqueue_many(&payloads)
         .await
         .map_err(|e| e.to_string())?;
-    Ok(ids.len())
+    Ok(jobs.len())
 }
 
 /// Re-enqueues deliveries that are due but whose job was lost; returns how many.

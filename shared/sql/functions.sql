@@ -19,7 +19,9 @@ $$;
 
 -- Records an event and one pending delivery per enabled endpoint subscribed to it (by type
 -- and agent); returns the deliveries to enqueue. Without subscribers it writes nothing.
-CREATE OR REPLACE FUNCTION agentq_emit(p_team uuid, p_type text, p_agent uuid, p_data jsonb) RETURNS uuid[]
+-- `p_traceparent` is the W3C trace context the event's deliveries join (NULL: none).
+CREATE OR REPLACE FUNCTION agentq_emit(p_team uuid, p_type text, p_agent uuid, p_data jsonb, p_traceparent text)
+RETURNS uuid[]
 LANGUAGE plpgsql AS $$
 DECLARE
     v_event uuid;
@@ -34,11 +36,11 @@ BEGIN
         RETURN '{}'::uuid[];
     END IF;
     v_event := agentq_uuid_v7();
-    INSERT INTO events (id, team_id, type, agent_id, payload)
+    INSERT INTO events (id, team_id, type, agent_id, payload, traceparent)
     VALUES (v_event, p_team, p_type, p_agent, jsonb_build_object(
         'type', p_type,
         'timestamp', to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-        'data', p_data));
+        'data', p_data), p_traceparent);
     WITH d AS (
         INSERT INTO webhook_deliveries (id, team_id, endpoint_id, event_id, event_type, next_attempt_at)
         SELECT agentq_uuid_v7(), p_team, e.id, v_event, p_type, now()
@@ -51,3 +53,9 @@ BEGIN
     SELECT coalesce(array_agg(id), '{}'::uuid[]) INTO v_ids FROM d;
     RETURN v_ids;
 END $$;
+
+-- The same without a trace context (the signature older callers use).
+CREATE OR REPLACE FUNCTION agentq_emit(p_team uuid, p_type text, p_agent uuid, p_data jsonb) RETURNS uuid[]
+LANGUAGE sql AS $$
+    SELECT agentq_emit(p_team, p_type, p_agent, p_data, NULL::text)
+$$;

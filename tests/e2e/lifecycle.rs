@@ -432,7 +432,10 @@ async fn waiting_for_approval_frees_the_slot_and_a_decision_resumes_or_fails_the
         .unwrap());
     let mut tx = f.pool().begin().await.unwrap();
     assert_eq!(
-        wait::requeue(&mut tx, runs[0]).await.unwrap(),
+        wait::requeue(&mut tx, runs[0])
+            .await
+            .unwrap()
+            .map(|j| j.run_id),
         Some(runs[0])
     );
     assert_eq!(wait::requeue(&mut tx, runs[0]).await.unwrap(), None);

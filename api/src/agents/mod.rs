@@ -16,7 +16,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use agentq_shared::agents::{self, Agent, AgentView, AGENT_COLUMNS};
-use agentq_shared::ids::{AgentId, RunId};
+use agentq_shared::ids::AgentId;
 use agentq_shared::pagination::{Cursor, Page};
 use agentq_shared::runs::{lifecycle, RunJob};
 use agentq_shared::scopes::Scope;
@@ -445,7 +445,7 @@ async fn resume(
 ) -> Result<Json<Value>, ApiError> {
     auth.require(Scope::AgentsWrite)?;
     let (agent, released) = set_status(&state, &auth, id, "active").await?;
-    let payloads: Vec<String> = released.into_iter().map(RunJob::payload).collect();
+    let payloads: Vec<String> = released.iter().map(RunJob::to_payload).collect();
     if !payloads.is_empty() {
         if let Err(e) = state.queues.runs.enqueue_many(&payloads).await {
             tracing::warn!(error = %e, runs = payloads.len(), "enqueue of released runs failed; the reconciler will retry");
@@ -461,7 +461,7 @@ async fn set_status(
     auth: &Auth,
     id: AgentId,
     status: &str,
-) -> Result<(Agent, Vec<RunId>), ApiError> {
+) -> Result<(Agent, Vec<RunJob>), ApiError> {
     if !auth.can_access_agent(id) {
         return Err(ApiError::not_found("Agent"));
     }
@@ -483,7 +483,7 @@ async fn set_status(
     .fetch_optional(&mut *tx)
     .await?;
     let agent = agent.ok_or_else(|| ApiError::not_found("Agent"))?;
-    let mut released: Vec<RunId> = Vec::new();
+    let mut released: Vec<RunJob> = Vec::new();
     if status == "active" {
         released = lifecycle::cancel::release_held(&mut tx, id).await?;
     }

@@ -287,13 +287,17 @@ async fn test(
         "data": {"message": "A test event from agentq.", "endpoint_id": endpoint},
     });
     let mut tx = state.db.begin().await?;
-    sqlx::query("INSERT INTO events (id, team_id, type, payload) VALUES ($1, $2, $3, $4)")
-        .bind(event)
-        .bind(auth.team_id())
-        .bind(TEST_EVENT)
-        .bind(&payload)
-        .execute(&mut *tx)
-        .await?;
+    // The delivery joins this request's trace (traces on only).
+    sqlx::query(
+        "INSERT INTO events (id, team_id, type, payload, traceparent) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(event)
+    .bind(auth.team_id())
+    .bind(TEST_EVENT)
+    .bind(&payload)
+    .bind(agentq_shared::telemetry::current_traceparent())
+    .execute(&mut *tx)
+    .await?;
     sqlx::query(
         "INSERT INTO webhook_deliveries (id, team_id, endpoint_id, event_id, event_type, next_attempt_at)
          VALUES ($1, $2, $3, $4, $5, now())",

@@ -15,8 +15,8 @@ use crate::audit::{self, Actor, AuditEntry, RequestMeta};
 use crate::ids::{AgentId, ApiKeyId, RunId, TeamId};
 use crate::pagination::{Cursor, Page};
 use crate::queues::Queues;
-use crate::runs::create;
 use crate::runs::lifecycle::wait;
+use crate::runs::{create, RunJob};
 use crate::webhooks::{self, Outbox};
 
 /// The tool result recorded when a call was refused (rejected, or expired without a yes).
@@ -199,8 +199,8 @@ pub async fn decide(
     if let Some(decided_at) = approval.decided_at {
         crate::metrics::approval_decided(status, approval.created_at, decided_at);
     }
-    if let Some(run) = enqueue {
-        create::enqueue(&queues.runs, run).await;
+    if let Some(job) = enqueue {
+        create::enqueue(&queues.runs, &job).await;
     }
     outbox.send(&queues.deliveries).await;
     Ok(Decided::Done(approval))
@@ -246,8 +246,8 @@ pub async fn expire_due(pool: &PgPool, queues: &Queues, batch: i64) -> Result<us
         let at = a.decided_at.unwrap_or(a.expires_at);
         crate::metrics::approval_decided("expired", a.created_at, at);
     }
-    for run in enqueue {
-        create::enqueue(&queues.runs, run).await;
+    for job in &enqueue {
+        create::enqueue(&queues.runs, job).await;
     }
     outbox.send(&queues.deliveries).await;
     Ok(expired.len())
@@ -260,7 +260,7 @@ async fn move_run_on(
     a: &Approval,
     goes_on: bool,
     why: &str,
-) -> Result<(Option<RunId>, Outbox), sqlx::Error> {
+) -> Result<(Option<RunJob>, Outbox), sqlx::Error> {
     let data = serde_json::to_value(a).unwrap_or(Value::Null);
     let mut outbox =
         webhooks::emit(tx, a.team_id, "approval.resolved", Some(a.agent_id), &data).await?;

@@ -65,17 +65,23 @@ pub struct Run {
     #[serde(skip)]
     /// When the current execution must end.
     pub deadline_at: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    /// The W3C `traceparent` of its trigger's span (traces on only): every execution of the
+    /// run, and the deliveries of its events, join that trace.
+    pub traceparent: Option<String>,
 }
 
 /// Columns of [`Run`].
 pub const RUN_COLUMNS: &str =
     "id, team_id, agent_id, status, held, trigger, input, output, error, \
     attempts, cancel_requested, created_at, started_at, finished_at, usage, script_pos, next_seq, \
-    heartbeat_at, deadline_at";
+    heartbeat_at, deadline_at, traceparent";
 
 /// The queue payload of a run: its id (the worker reads the rest from Postgres) and, when
 /// traces are exported, the W3C `traceparent` of the trigger, so the run joins its trace.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// A run enqueued again (after an approval, a release, by the reconciler) is read back from
+/// its row with the `traceparent` stored there (`SELECT id AS run_id, traceparent`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct RunJob {
     /// The run to execute.
     pub run_id: RunId,
@@ -96,6 +102,11 @@ impl RunJob {
             None => Self::payload(run_id),
             Some(tp) => serde_json::json!({"run_id": run_id, "traceparent": tp}).to_string(),
         }
+    }
+
+    /// This job's JSON payload.
+    pub fn to_payload(&self) -> String {
+        Self::payload_traced(self.run_id, self.traceparent.as_deref())
     }
 }
 
@@ -191,5 +202,10 @@ mod tests {
         assert_eq!(traced.run_id, id);
         assert_eq!(traced.traceparent.as_deref(), Some(tp));
         assert_eq!(RunJob::payload_traced(id, None), RunJob::payload(id));
+        let again: RunJob = serde_json::from_str(&traced.to_payload()).unwrap();
+        assert_eq!(
+            again, traced,
+            "a job re-made from a run's row keeps its trace"
+        );
     }
 }

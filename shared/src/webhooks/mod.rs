@@ -52,7 +52,8 @@ impl Outbox {
     }
 }
 
-/// Emits an event inside the caller's transaction.
+/// Emits an event inside the caller's transaction; its deliveries join the current span's
+/// trace (traces on only).
 pub async fn emit(
     conn: &mut sqlx::PgConnection,
     team: TeamId,
@@ -60,11 +61,12 @@ pub async fn emit(
     agent: Option<AgentId>,
     data: &Value,
 ) -> Result<Outbox, sqlx::Error> {
-    let ids: Vec<Uuid> = sqlx::query_scalar("SELECT agentq_emit($1, $2, $3, $4)")
+    let ids: Vec<Uuid> = sqlx::query_scalar("SELECT agentq_emit($1, $2, $3, $4, $5)")
         .bind(team)
         .bind(kind)
         .bind(agent)
         .bind(data)
+        .bind(crate::telemetry::current_traceparent())
         .fetch_one(conn)
         .await?;
     Ok(Outbox(ids))
@@ -81,6 +83,8 @@ pub struct NewEvent {
     pub kind: &'static str,
     /// Its `data`.
     pub data: Value,
+    /// The W3C `traceparent` its deliveries join (a run's events: the run's).
+    pub traceparent: Option<String>,
 }
 
 impl NewEvent {
@@ -91,6 +95,7 @@ impl NewEvent {
             agent_id: Some(run.agent_id),
             kind,
             data: serde_json::to_value(run).unwrap_or(Value::Null),
+            traceparent: run.traceparent.clone(),
         }
     }
 }
@@ -108,11 +113,13 @@ pub async fn emit_events(
     let agents: Vec<Option<AgentId>> = events.iter().map(|e| e.agent_id).collect();
     let kinds: Vec<&str> = events.iter().map(|e| e.kind).collect();
     let data: Vec<&Value> = events.iter().map(|e| &e.data).collect();
+    let traceparents: Vec<Option<&str>> = events.iter().map(|e| e.traceparent.as_deref()).collect();
     let ids: Vec<Uuid> = sqlx::query_scalar(
         // The EXISTS spares the function call (and its plan) for teams with no endpoint at
         // all, which is most events of a busy run queue.
-        "SELECT x FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[]) AS d(team_id, agent_id, kind, data),
-                LATERAL unnest(agentq_emit(d.team_id, d.kind, d.agent_id, d.data)) AS x
+        "SELECT x FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::text[])
+                    AS d(team_id, agent_id, kind, data, traceparent),
+                LATERAL unnest(agentq_emit(d.team_id, d.kind, d.agent_id, d.data, d.traceparent)) AS x
          WHERE EXISTS (SELECT 1 FROM webhook_endpoints e
                        WHERE e.team_id = d.team_id AND e.enabled AND e.deleted_at IS NULL)",
     )
@@ -120,6 +127,7 @@ pub async fn emit_events(
     .bind(&agents)
     .bind(&kinds)
     .bind(&data)
+    .bind(&traceparents)
     .fetch_all(conn)
     .await?;
     Ok(Outbox(ids))

@@ -76,6 +76,7 @@ mod tests {
             next_seq: 1,
             heartbeat_at: None,
             deadline_at: None,
+            traceparent: None,
         }
     }
 

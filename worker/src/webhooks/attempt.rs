@@ -21,6 +21,7 @@ pub(super) struct Delivery {
     pub(super) team_id: Uuid,
     pub(super) endpoint_id: Uuid,
     pub(super) event_id: Uuid,
+    pub(super) event_type: String,
     pub(super) status: String,
     pub(super) attempts: i32,
     pub(super) next_attempt_at: Option<DateTime<Utc>>,
@@ -31,13 +32,15 @@ pub(super) struct Delivery {
     pub(super) previous_secret: Option<Vec<u8>>,
     pub(super) previous_secret_until: Option<DateTime<Utc>>,
     pub(super) body: String,
+    /// The trace its event belongs to (traces on only).
+    pub(super) traceparent: Option<String>,
 }
 
 pub(super) async fn load(db: &PgPool, id: Uuid) -> Result<Option<Delivery>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT d.id, d.team_id, d.endpoint_id, d.event_id, d.status, d.attempts, d.next_attempt_at,
-                e.url, e.enabled, e.deleted_at IS NOT NULL AS deleted, e.secret, e.previous_secret,
-                e.previous_secret_until, ev.payload::text AS body
+        "SELECT d.id, d.team_id, d.endpoint_id, d.event_id, d.event_type, d.status, d.attempts,
+                d.next_attempt_at, e.url, e.enabled, e.deleted_at IS NOT NULL AS deleted, e.secret,
+                e.previous_secret, e.previous_secret_until, ev.payload::text AS body, ev.traceparent
          FROM webhook_deliveries d
          JOIN webhook_endpoints e ON e.id = d.endpoint_id
          JOIN events ev ON ev.id = d.event_id
@@ -133,7 +136,7 @@ async fn post(
             );
         }
     }
-    let mut resp = ctx
+    let mut req = ctx
         .http
         .http
         .post(url)
@@ -141,20 +144,24 @@ async fn post(
         .header("content-type", "application/json")
         .header("webhook-id", &msg_id)
         .header("webhook-timestamp", ts.to_string())
-        .header("webhook-signature", signatures.join(" "))
-        .body(d.body.clone())
-        .send()
-        .await
-        .map_err(|e| {
-            if e.is_timeout() {
-                format!(
-                    "timed out after {} s",
-                    ctx.config.webhook_timeout.as_secs_f64()
-                )
-            } else {
-                crate::net::error_chain(&e)
-            }
-        })?;
+        .header("webhook-signature", signatures.join(" "));
+    // W3C trace context, so a receiver can join the trace: this attempt's span, or the
+    // event's own context when this worker exports no traces.
+    if let Some(tp) =
+        agentq_shared::telemetry::current_traceparent().or_else(|| d.traceparent.clone())
+    {
+        req = req.header("traceparent", tp);
+    }
+    let mut resp = req.body(d.body.clone()).send().await.map_err(|e| {
+        if e.is_timeout() {
+            format!(
+                "timed out after {} s",
+                ctx.config.webhook_timeout.as_secs_f64()
+            )
+        } else {
+            crate::net::error_chain(&e)
+        }
+    })?;
     let status = resp.status().as_u16();
     let retry_after = resp
         .headers()

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use agentq_shared::webhooks::DeliveryJob;
@@ -62,12 +63,24 @@ impl EndpointLimits {
     }
 }
 
-/// Handles one delivery job.
-#[tracing::instrument(skip_all, fields(delivery_id = %job.delivery_id))]
+/// Handles one delivery job, in a `webhook.deliver` span: the child of the span its event
+/// names (a run's events: the run's trigger, so the delivery joins the run's trace), with
+/// the attempt's HTTP request in a child `webhook.attempt` span.
 pub(crate) async fn handle(ctx: &Ctx, job: DeliveryJob) -> Result<(), JobError> {
     let Some(d) = attempt::load(&ctx.db, job.delivery_id).await? else {
         return Ok(());
     };
+    let span = tracing::info_span!(
+        "webhook.deliver",
+        delivery_id = %d.id,
+        event_type = %d.event_type,
+        endpoint_id = %d.endpoint_id
+    );
+    agentq_shared::telemetry::set_parent_from_traceparent(&span, d.traceparent.as_deref());
+    deliver(ctx, d).instrument(span).await
+}
+
+async fn deliver(ctx: &Ctx, d: attempt::Delivery) -> Result<(), JobError> {
     if d.status != "pending"
         || d.next_attempt_at
             .is_some_and(|t| t > chrono::Utc::now() + chrono::Duration::seconds(1))
@@ -90,6 +103,15 @@ pub(crate) async fn handle(ctx: &Ctx, job: DeliveryJob) -> Result<(), JobError> 
     let Some((number, row)) = attempt::claim(&ctx.db, d.id, d.attempts).await? else {
         return Ok(());
     };
-    let result = attempt::send(ctx, &d).await;
+    let span = tracing::info_span!(
+        "webhook.attempt",
+        attempt = number,
+        http.response.status_code = tracing::field::Empty
+    );
+    let result = attempt::send(ctx, &d).instrument(span.clone()).await;
+    if let Some(status) = result.status {
+        span.record("http.response.status_code", status);
+    }
+    drop(span);
     outcome::record(ctx, &d, number, row, result).await
 }

@@ -112,7 +112,7 @@ pub async fn cancel_for_agent(
 pub async fn release_held(
     conn: &mut PgConnection,
     agent: AgentId,
-) -> Result<Vec<RunId>, sqlx::Error> {
+) -> Result<Vec<crate::runs::RunJob>, sqlx::Error> {
     sqlx::query(
         "UPDATE runs SET held = false, parked = true, queued_at = now()
          WHERE agent_id = $1 AND held AND status = 'queued'",

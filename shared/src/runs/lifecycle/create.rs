@@ -91,7 +91,8 @@ pub struct NewRun {
     pub idempotency: Option<Idempotency>,
     /// Who triggered it, for the audit log (None: not audited).
     pub audit: Option<AuditInfo>,
-    /// The W3C `traceparent` the run's job carries ([`Creator::create`] takes the current
+    /// The W3C `traceparent` the run's job carries and its row keeps, for its later
+    /// executions and its events ([`Creator::create`] and [`create_run`] take the current
     /// span's when this is `None`; always `None` when traces are off).
     pub traceparent: Option<String>,
 }
@@ -166,8 +167,11 @@ impl Creator {
 pub async fn create_run(
     pool: &PgPool,
     queues: &Queues,
-    new: NewRun,
+    mut new: NewRun,
 ) -> Result<Created, CreateError> {
+    if new.traceparent.is_none() {
+        new.traceparent = crate::telemetry::current_traceparent();
+    }
     create_batch(pool, queues, std::slice::from_ref(&new))
         .await
         .pop()
@@ -210,8 +214,8 @@ async fn create_batch(
 }
 
 /// Enqueues a run; a failure is logged and left to the reconciler.
-pub async fn enqueue(queue: &Queue, run_id: RunId) {
-    enqueue_many(queue, &[RunJob::payload(run_id)]).await;
+pub async fn enqueue(queue: &Queue, job: &RunJob) {
+    enqueue_many(queue, &[job.to_payload()]).await;
 }
 
 /// Enqueues runs in one pipelined round trip; a failure is logged and left to the reconciler.
@@ -319,13 +323,15 @@ async fn insert_runs(
         .iter()
         .map(|n| n.idempotency.as_ref().map(|i| i.request_hash.to_vec()))
         .collect();
+    let traceparents: Vec<Option<&str>> = batch.iter().map(|n| n.traceparent.as_deref()).collect();
     sqlx::query_as(&format!(
         "INSERT INTO runs (id, team_id, agent_id, held, trigger_type, trigger, input, idempotency_key, request_hash,
-                           conversation_id)
+                           conversation_id, traceparent)
          SELECT d.id, d.team_id, d.agent_id, a.status = 'paused', d.kind, d.trigger, d.input, d.key, d.hash,
-                (d.trigger->>'conversation_id')::uuid
-         FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::jsonb[], $6::jsonb[], $7::text[], $8::bytea[])
-              WITH ORDINALITY AS d(id, team_id, agent_id, kind, trigger, input, key, hash, ord)
+                (d.trigger->>'conversation_id')::uuid, d.traceparent
+         FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::jsonb[], $6::jsonb[], $7::text[], $8::bytea[],
+                     $9::text[])
+              WITH ORDINALITY AS d(id, team_id, agent_id, kind, trigger, input, key, hash, traceparent, ord)
          JOIN agents a ON a.id = d.agent_id AND a.team_id = d.team_id AND a.deleted_at IS NULL
          ORDER BY d.ord
          ON CONFLICT ON CONSTRAINT runs_team_idempotency_key DO NOTHING
@@ -339,6 +345,7 @@ async fn insert_runs(
     .bind(&inputs)
     .bind(&keys)
     .bind(&hashes)
+    .bind(&traceparents)
     .fetch_all(conn)
     .await
 }

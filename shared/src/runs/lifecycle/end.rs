@@ -16,7 +16,7 @@ use super::{Lease, RunStatus};
 use crate::batch::BatchError;
 use crate::ids::{AgentId, RunId};
 use crate::queues::Queues;
-use crate::runs::{Run, RUN_COLUMNS};
+use crate::runs::{Run, RunJob, RUN_COLUMNS};
 use crate::webhooks::{self, NewEvent, Outbox};
 
 /// How a run ends.
@@ -238,19 +238,17 @@ pub(super) fn per_agent(runs: &[Run]) -> Vec<(AgentId, i32)> {
     n.into_iter().collect()
 }
 
-/// Runs ids as queue payloads.
-pub(super) fn payloads(runs: &[RunId]) -> Vec<String> {
-    runs.iter()
-        .map(|r| crate::runs::RunJob::payload(*r))
-        .collect()
+/// Runs' jobs as queue payloads.
+pub(super) fn payloads(runs: &[RunJob]) -> Vec<String> {
+    runs.iter().map(RunJob::to_payload).collect()
 }
 
 /// Gives back `n` slots per agent (under the agents' row locks, in id order) and unparks that
-/// many of each agent's oldest parked runs; the runs to enqueue.
+/// many of each agent's oldest parked runs; the runs to enqueue (with their stored trace).
 pub async fn release_slots(
     conn: &mut PgConnection,
     freed: &[(AgentId, i32)],
-) -> Result<Vec<RunId>, sqlx::Error> {
+) -> Result<Vec<RunJob>, sqlx::Error> {
     if freed.is_empty() {
         return Ok(Vec::new());
     }
@@ -273,16 +271,16 @@ pub async fn release_slots(
 pub(super) async fn unpark(
     conn: &mut PgConnection,
     slots: &[(AgentId, i32)],
-) -> Result<Vec<RunId>, sqlx::Error> {
+) -> Result<Vec<RunJob>, sqlx::Error> {
     let (agents, counts): (Vec<AgentId>, Vec<i32>) = slots.iter().copied().unzip();
-    sqlx::query_scalar(
+    sqlx::query_as(
         "UPDATE runs SET parked = false, queued_at = now()
          WHERE id IN (
             SELECT p.id FROM unnest($1::uuid[], $2::int[]) AS f(agent_id, n),
                  LATERAL (SELECT id FROM runs
                           WHERE agent_id = f.agent_id AND parked AND status = 'queued' AND NOT held
                           ORDER BY id LIMIT greatest(f.n, 0) FOR UPDATE SKIP LOCKED) AS p)
-         RETURNING id",
+         RETURNING id AS run_id, traceparent",
     )
     .bind(&agents)
     .bind(&counts)

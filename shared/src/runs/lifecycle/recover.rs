@@ -8,15 +8,16 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-use crate::ids::RunId;
+use crate::runs::RunJob;
 
-/// Runs to enqueue again, at most `limit`, each at most once per `requeue_after`.
+/// Runs to enqueue again, at most `limit`, each at most once per `requeue_after`, each
+/// with the trace it was created in.
 pub async fn lost_runs(
     db: &PgPool,
     requeue_after: Duration,
     stale_after: Duration,
     limit: i64,
-) -> Result<Vec<RunId>, sqlx::Error> {
+) -> Result<Vec<RunJob>, sqlx::Error> {
     // A run recorded as held while its agent was resuming would wait forever: release it.
     sqlx::query(
         "UPDATE runs SET held = false, parked = true, queued_at = now()
@@ -28,7 +29,7 @@ pub async fn lost_runs(
     .await?;
     // queued_at doubles as "last enqueued", so one run is re-enqueued at most once per period.
     // Parked runs whose agent has a free slot go too (their start parks them again if not).
-    let mut ids: Vec<RunId> = sqlx::query_scalar(
+    let mut jobs: Vec<RunJob> = sqlx::query_as(
         "UPDATE runs SET queued_at = now(), parked = false
          WHERE id IN (
             SELECT r.id FROM runs r
@@ -39,13 +40,13 @@ pub async fn lost_runs(
                    AND r.queued_at < now() - make_interval(secs => $2)))
             ORDER BY r.queued_at LIMIT $3
             FOR UPDATE SKIP LOCKED)
-         RETURNING id",
+         RETURNING id AS run_id, traceparent",
     )
     .bind(requeue_after.as_secs_f64())
     .bind(stale_after.as_secs_f64())
     .bind(limit)
     .fetch_all(db)
     .await?;
-    ids.sort();
-    Ok(ids)
+    jobs.sort_by_key(|j| j.run_id);
+    Ok(jobs)
 }

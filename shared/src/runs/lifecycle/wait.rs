@@ -19,6 +19,7 @@ use crate::approvals::{APPROVAL_COLUMNS, REJECTED_RESULT};
 use crate::ids::{AgentId, RunId};
 use crate::queues::Queues;
 use crate::runs::steps::{Role, StepKind};
+use crate::runs::RunJob;
 use crate::webhooks::Outbox;
 
 /// A tool call that waits for a person.
@@ -127,10 +128,12 @@ pub async fn wait_for_approval(
     .execute(&mut *tx)
     .await?;
     let deliveries: Vec<Uuid> = sqlx::query_scalar(&format!(
-        "SELECT agentq_emit(team_id, 'approval.requested', agent_id, to_jsonb(a) - 'team_id' - 'result' - 'position' - 'applied_at')
+        "SELECT agentq_emit(team_id, 'approval.requested', agent_id, to_jsonb(a) - 'team_id' - 'result' - 'position' - 'applied_at',
+                            $2)
          FROM (SELECT {APPROVAL_COLUMNS} FROM approvals WHERE id = $1) a"
     ))
     .bind(approval_id)
+    .bind(crate::telemetry::current_traceparent())
     .fetch_one(&mut *tx)
     .await?;
     let unparked = release_slots(&mut tx, &[(agent, 1)]).await?;
@@ -219,9 +222,10 @@ pub async fn apply_decision(
 
 /// waiting_approval → queued after a decision that lets the run go on; the run to enqueue
 /// after the commit, if it moved.
-pub async fn requeue(conn: &mut PgConnection, run: RunId) -> Result<Option<RunId>, sqlx::Error> {
-    sqlx::query_scalar(
-        "UPDATE runs SET status = 'queued', queued_at = now() WHERE id = $1 AND status = ANY($2) RETURNING id",
+pub async fn requeue(conn: &mut PgConnection, run: RunId) -> Result<Option<RunJob>, sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE runs SET status = 'queued', queued_at = now() WHERE id = $1 AND status = ANY($2)
+         RETURNING id AS run_id, traceparent",
     )
     .bind(run)
     .bind(RunStatus::Queued.guard(&[RunStatus::WaitingApproval]))
