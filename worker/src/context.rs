@@ -31,6 +31,8 @@ pub struct Ctx {
     pub(crate) http: SafeClient,
     /// Decrypts endpoint secrets.
     pub keyring: Keyring,
+    /// Deliveries' batched statements.
+    pub(crate) delivery_batches: crate::webhooks::DeliveryBatches,
     /// Attempts in flight per webhook endpoint.
     pub(crate) endpoint_limits: Arc<EndpointLimits>,
     /// Settings.

@@ -151,6 +151,7 @@ pub async fn run(
         lifecycle,
         keyring: keyring.clone(),
         endpoint_limits: Arc::new(webhooks::EndpointLimits::new(config.endpoint_concurrency)),
+        delivery_batches: webhooks::DeliveryBatches::new(db.clone()),
         db,
         redis,
         keys,

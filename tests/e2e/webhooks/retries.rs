@@ -68,6 +68,14 @@ async fn a_delivery_failing_twice_then_answered_succeeds_with_every_attempt_logg
         "the same webhook-id on every attempt: {ids:?}"
     );
     assert_eq!(requests[0].webhook_id(), done["webhook_id"]);
+    // The failures started the endpoint's failing streak; the success ended it.
+    let failing_since: Option<DateTime<Utc>> =
+        sqlx::query_scalar("SELECT failing_since FROM webhook_endpoints WHERE id = $1::uuid")
+            .bind(&endpoint.id)
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert!(failing_since.is_none(), "{failing_since:?}");
     let stamps: Vec<i64> = requests.iter().map(|r| r.timestamp()).collect();
     assert!(
         stamps.windows(2).all(|w| w[1] > w[0]),

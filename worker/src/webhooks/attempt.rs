@@ -1,10 +1,8 @@
-//! One attempt: load the delivery with its endpoint and event, claim the attempt number
-//! (a guarded update, so concurrent duplicates do not both send), sign and POST.
+//! One attempt: sign the event and POST it (loading and claiming are batched: see `batch`).
 
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use agentq_shared::signing;
@@ -34,47 +32,6 @@ pub(super) struct Delivery {
     pub(super) body: String,
     /// The trace its event belongs to (traces on only).
     pub(super) traceparent: Option<String>,
-}
-
-pub(super) async fn load(db: &PgPool, id: Uuid) -> Result<Option<Delivery>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT d.id, d.team_id, d.endpoint_id, d.event_id, d.event_type, d.status, d.attempts,
-                d.next_attempt_at, e.url, e.enabled, e.deleted_at IS NOT NULL AS deleted, e.secret,
-                e.previous_secret, e.previous_secret_until, ev.payload::text AS body, ev.traceparent
-         FROM webhook_deliveries d
-         JOIN webhook_endpoints e ON e.id = d.endpoint_id
-         JOIN events ev ON ev.id = d.event_id
-         WHERE d.id = $1",
-    )
-    .bind(id)
-    .fetch_optional(db)
-    .await
-}
-
-/// Takes the next attempt number, unless another worker took it first, and logs the attempt
-/// at once (as unanswered), so an attempt cut off by a crash still shows. Returns the number
-/// and the attempt row to complete.
-pub(super) async fn claim(
-    db: &PgPool,
-    id: Uuid,
-    seen: i32,
-) -> Result<Option<(i32, Uuid)>, sqlx::Error> {
-    let row = Uuid::now_v7();
-    let number: Option<i32> = sqlx::query_scalar(
-        "WITH c AS (
-            UPDATE webhook_deliveries SET attempts = attempts + 1, updated_at = now()
-            WHERE id = $1 AND status = 'pending' AND attempts = $2 RETURNING id, attempts
-         )
-         INSERT INTO webhook_attempts (id, delivery_id, attempt, started_at, latency_ms, error)
-         SELECT $3, id, attempts, now(), 0, 'no answer recorded: the worker stopped during the attempt' FROM c
-         RETURNING attempt",
-    )
-    .bind(id)
-    .bind(seen)
-    .bind(row)
-    .fetch_optional(db)
-    .await?;
-    Ok(number.map(|n| (n, row)))
 }
 
 /// What the receiver did.

@@ -6,7 +6,10 @@
 //! gets a bounded number of attempts in flight per worker, so a slow one cannot starve others.
 
 mod attempt;
+mod batch;
 mod outcome;
+
+pub(crate) use batch::DeliveryBatches;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -67,7 +70,7 @@ impl EndpointLimits {
 /// names (a run's events: the run's trigger, so the delivery joins the run's trace), with
 /// the attempt's HTTP request in a child `webhook.attempt` span.
 pub(crate) async fn handle(ctx: &Ctx, job: DeliveryJob) -> Result<(), JobError> {
-    let Some(d) = attempt::load(&ctx.db, job.delivery_id).await? else {
+    let Some(d) = ctx.delivery_batches.load(job.delivery_id).await? else {
         return Ok(());
     };
     let span = tracing::info_span!(
@@ -100,7 +103,8 @@ async fn deliver(ctx: &Ctx, d: attempt::Delivery) -> Result<(), JobError> {
             .map_err(|e| JobError::Queue(e.to_string()))?;
         return Ok(());
     };
-    let Some((number, row)) = attempt::claim(&ctx.db, d.id, d.attempts).await? else {
+    let row = Uuid::now_v7();
+    let Some(number) = ctx.delivery_batches.claim(d.id, d.attempts, row).await? else {
         return Ok(());
     };
     let span = tracing::info_span!(
@@ -113,5 +117,27 @@ async fn deliver(ctx: &Ctx, d: attempt::Delivery) -> Result<(), JobError> {
         span.record("http.response.status_code", status);
     }
     drop(span);
-    outcome::record(ctx, &d, number, row, result).await
+    match result.status {
+        Some(status @ 200..=299) => {
+            metrics::counter!(agentq_shared::metrics::WEBHOOK_ATTEMPTS, "outcome" => "success")
+                .increment(1);
+            let succeeded = ctx
+                .delivery_batches
+                .succeed(batch::Success {
+                    delivery: d.id,
+                    endpoint: d.endpoint_id,
+                    row,
+                    started_at: result.started_at,
+                    status: i32::from(status),
+                    latency_ms: result.latency_ms,
+                    body: result.body,
+                })
+                .await?;
+            if succeeded {
+                agentq_shared::metrics::delivery_finished(true, number);
+            }
+            Ok(())
+        }
+        _ => outcome::record(ctx, &d, number, row, result).await,
+    }
 }

@@ -1,6 +1,7 @@
-//! What an attempt leads to: the attempt row, then success, the next attempt (the schedule's
-//! delay, or the receiver's `Retry-After` if longer), or failure; and the endpoint's health:
-//! a success clears its failing streak, `410 Gone` or a streak longer than allowed disables it.
+//! What a failed attempt leads to: the attempt row, then the next attempt (the schedule's
+//! delay, or the receiver's `Retry-After` if longer) or failure; and the endpoint's health:
+//! `410 Gone` or a failing streak longer than allowed disables it. (A success is recorded
+//! in a batch: see `batch`.)
 
 use chrono::Utc;
 use sqlx::PgPool;
@@ -12,6 +13,7 @@ use super::attempt::{Delivery, Sent};
 use crate::context::Ctx;
 use crate::runs::JobError;
 
+/// Records an attempt that got no 2xx answer.
 pub(super) async fn record(
     ctx: &Ctx,
     d: &Delivery,
@@ -34,24 +36,6 @@ pub(super) async fn record(
     let code = sent.status.map(i32::from);
     metrics::counter!(agentq_shared::metrics::WEBHOOK_ATTEMPTS, "outcome" => outcome_label(sent.status))
         .increment(1);
-    if sent.status.is_some_and(|s| (200..300).contains(&s)) {
-        let done = sqlx::query(
-            "UPDATE webhook_deliveries SET status = 'succeeded', last_status_code = $2, last_error = NULL,
-                    next_attempt_at = NULL, updated_at = now() WHERE id = $1 AND status = 'pending'",
-        )
-        .bind(d.id)
-        .bind(code)
-        .execute(&ctx.db)
-        .await?;
-        if done.rows_affected() == 1 {
-            agentq_shared::metrics::delivery_finished(true, number);
-        }
-        sqlx::query("UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL")
-            .bind(d.endpoint_id)
-            .execute(&ctx.db)
-            .await?;
-        return Ok(());
-    }
     let error = sent
         .error
         .clone()
