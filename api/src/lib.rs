@@ -130,7 +130,7 @@ impl App {
             (config.store.db_max_connections as usize / 3).max(1),
         );
         let key_lookup = crate::state::KeyLookup::new(db.clone(), 2);
-        let state = AppState {
+        let state = AppState::new(crate::state::Shared {
             creator,
             key_lookup,
             hub: Arc::new(Hub::new(redis.clone(), keys.clone())),
@@ -145,7 +145,7 @@ impl App {
             agent_limits: Arc::default(),
             request_logs: None,
             hosts: Arc::default(),
-        };
+        });
         Ok(Self { listener, state })
     }
 
@@ -183,7 +183,7 @@ impl App {
             let _ = stopping.send(true);
         };
         tracing::info!(addr = %self.local_addr(), "api listening");
-        let mut serving = self.state;
+        let mut serving = self.state.to_shared();
         let writer = if serving.config.request_logs {
             let (logger, writer) = request_logs::RequestLogger::start(serving.db.clone());
             serving.request_logs = Some(logger);
@@ -191,6 +191,8 @@ impl App {
         } else {
             None
         };
+        drop(self.state);
+        let serving = AppState::new(serving);
         let header_read_timeout = serving.config.header_read_timeout;
         let app = router(serving);
         let result = serve::serve(self.listener, app, header_read_timeout, shutdown).await;

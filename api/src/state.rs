@@ -21,9 +21,34 @@ use crate::hub::Hub;
 use crate::ratelimit::Limit;
 use crate::request_logs::RequestLogger;
 
-/// Shared handler state; cheap to clone.
+/// Shared handler state: one pointer, so the clone every extractor and layer makes is one
+/// reference count, not a copy of each pool and name (which showed in the API's profile).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    /// Shares `shared` among handlers.
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+
+    /// A copy of what is shared, to serve with changes (the request logger).
+    pub fn to_shared(&self) -> Shared {
+        (*self.0).clone()
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct Shared {
     /// Postgres pool.
     pub db: PgPool,
     /// Redis connection (multiplexed, reconnecting).
