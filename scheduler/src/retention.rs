@@ -6,7 +6,8 @@
 //! 1. creates the partitions of the coming weeks (`agentq_ensure_partitions`, idempotent
 //!    and safe with two schedulers);
 //! 2. drops whole partitions past their age: `DETACH PARTITION … CONCURRENTLY` (no lock that
-//!    blocks readers or writers), then `DROP TABLE` of the detached table. A `run_steps`
+//!    blocks readers or writers), then `DROP TABLE` of the detached table, after a bounded
+//!    wait for the tables its foreign keys reference (see [`drop_detached`]). A `run_steps`
 //!    partition that still holds a run that stays (unfinished, or ended within the
 //!    retention) waits;
 //! 3. deletes finished runs past their age (and their approvals, notifications, inbound
@@ -202,13 +203,71 @@ async fn drop_old_partitions(
             tracing::warn!(table, partition = %p.name, error = %e, "partition not detached");
             continue;
         }
-        sqlx::raw_sql(&format!("DROP TABLE IF EXISTS {child}"))
-            .execute(db)
-            .await?;
-        tracing::info!(table, partition = %p.name, "old partition dropped");
-        dropped += 1;
+        dropped += usize::from(drop_detached(db, table, &p.name).await?);
+    }
+    // Tables detached by an earlier pass whose drop had to wait (see `drop_detached`).
+    let leftovers: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c
+         WHERE c.relkind = 'r' AND NOT c.relispartition AND c.relnamespace = current_schema()::regnamespace
+           AND c.relname ~ ('^' || $1 || '_(p[0-9]+|pre)$')",
+    )
+    .bind(table)
+    .fetch_all(db)
+    .await?;
+    for name in leftovers {
+        dropped += usize::from(drop_detached(db, table, &name).await?);
     }
     Ok(dropped)
+}
+
+/// Longest a drop waits for the tables its foreign keys point at.
+const DROP_LOCK_TIMEOUT: &str = "2s";
+
+/// Drops a detached partition. Its foreign keys have triggers on the tables they reference
+/// (`runs`, `webhook_deliveries`, ...), which `DROP TABLE` must lock: taken after the
+/// partition's own lock, that order is the reverse of a writer's and deadlocks with one, so
+/// this locks them first, in one short transaction that gives up after
+/// [`DROP_LOCK_TIMEOUT`] (writers wait at most that long) and leaves the table for the next
+/// pass. True if dropped.
+async fn drop_detached(db: &PgPool, table: &str, name: &str) -> Result<bool, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    sqlx::query(&format!("SET LOCAL lock_timeout = '{DROP_LOCK_TIMEOUT}'"))
+        .execute(&mut *tx)
+        .await?;
+    let referenced: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT r.relname::text FROM pg_constraint k
+         JOIN pg_class c ON c.oid = k.conrelid JOIN pg_class r ON r.oid = k.confrelid
+         WHERE k.contype = 'f' AND c.relname = $1 AND c.relnamespace = current_schema()::regnamespace
+         ORDER BY 1",
+    )
+    .bind(name)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut statements: Vec<String> = referenced
+        .iter()
+        .map(|r| format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", quote(r)))
+        .collect();
+    statements.push(format!("DROP TABLE IF EXISTS {}", quote(name)));
+    for sql in statements {
+        if let Err(e) = sqlx::query(&sql).execute(&mut *tx).await {
+            let timed_out = e
+                .as_database_error()
+                .and_then(|d| d.code())
+                .is_some_and(|c| c == "55P03");
+            if timed_out {
+                tracing::warn!(
+                    table,
+                    partition = name,
+                    "partition drop waited too long for locks; the next pass tries again"
+                );
+                return Ok(false);
+            }
+            return Err(e);
+        }
+    }
+    tx.commit().await?;
+    tracing::info!(table, partition = name, "old partition dropped");
+    Ok(true)
 }
 
 fn quote(ident: &str) -> String {

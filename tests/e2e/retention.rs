@@ -749,3 +749,67 @@ async fn a_million_runs_page_through_an_index() {
     let data: &Vec<Value> = body["data"].as_array().unwrap();
     assert!(data.len() == 50 && data.iter().all(|r| r["status"] == "failed"));
 }
+
+/// A partition's drop must lock the tables its foreign keys reference (`runs` for
+/// `run_steps`); a writer in the middle of a transaction on them makes it wait, briefly and
+/// without deadlocking, and a later pass drops what was left detached.
+#[tokio::test]
+async fn a_partition_drop_waits_briefly_for_writers_and_the_next_pass_finishes_it() {
+    let app = TestApp::spawn().await;
+    let db = &app.db.pool;
+    let (team, agent, _) = seed_base(&app).await;
+    seed_runs(db, team, agent, 3, 200, "succeeded").await;
+    let c = RetentionConfig {
+        runs: Some(Duration::from_secs(90 * DAY)),
+        request_logs: None,
+        deliveries: None,
+        audit: None,
+        ..RetentionConfig::default()
+    };
+    // Whatever is old goes now (detaching waits for every open transaction, so a writer
+    // can only ever be in the way of the drop that follows it).
+    retention::pass(db, &c).await.unwrap();
+    // What an earlier pass leaves when its drop gave up: a detached old week, with its
+    // foreign key to `runs`.
+    let left_week = "run_steps_p20000103";
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE {left_week} (run_id uuid REFERENCES runs (id))"
+    ))
+    .execute(db)
+    .await
+    .unwrap();
+    let exists = || async move {
+        sqlx::query_scalar::<_, bool>("SELECT to_regclass($1) IS NOT NULL")
+            .bind(left_week)
+            .fetch_one(db)
+            .await
+            .unwrap()
+    };
+
+    // A writer holds `runs` as an insert does, in an open transaction.
+    let mut writer = db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE runs IN ROW EXCLUSIVE MODE")
+        .execute(&mut *writer)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    retention::pass(db, &c).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    // The writer goes on: no deadlock, nothing it holds was taken.
+    sqlx::query("SELECT count(*) FROM runs")
+        .execute(&mut *writer)
+        .await
+        .unwrap();
+    writer.commit().await.unwrap();
+    assert!(
+        exists().await,
+        "the drop gave up waiting for the writer and left the table"
+    );
+
+    retention::pass(db, &c).await.unwrap();
+    assert!(!exists().await, "the next pass dropped the detached table");
+}
