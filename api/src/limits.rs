@@ -16,9 +16,10 @@ pub(crate) async fn hit(
 ) -> Result<(), ApiError> {
     let now = chrono::Utc::now().timestamp();
     let window = now / 60;
+    // Hash tag per bucket and id: counters spread over a cluster's slots.
     let key = state
         .keys
-        .key("ratelimit", &format!("{bucket}:{id}:{window}"));
+        .key(&format!("rl:{bucket}:{id}"), &format!("m:{window}"));
     let mut conn = state.redis.clone();
     let counted: redis::RedisResult<(u64,)> = redis::pipe()
         .cmd("INCR")

@@ -56,7 +56,7 @@ impl StoreConfig {
         let redis_url = redis_url
             .filter(|s| !s.trim().is_empty())
             .ok_or_else(|| ConfigError::missing("REDIS_URL", "--redis-url"))?;
-        redis::Client::open(redis_url.as_str())
+        crate::redis_conn::RedisTarget::parse(redis_url.as_str())
             .map_err(|e| ConfigError::invalid("REDIS_URL", e))?;
         if redis_prefix.is_empty()
             || !redis_prefix

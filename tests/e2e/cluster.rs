@@ -1,0 +1,109 @@
+//! Redis Cluster: the whole stack on a real cluster of three masters and three replicas
+//! (started by the test), surviving the loss of a master while runs flow. Skips (passing,
+//! with the reason printed) only when `redis-server`/`redis-cli` are not installed.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::common::cluster::{self, RedisCluster};
+use crate::common::{Stack, TestApp};
+
+const FINISH: Duration = Duration::from_secs(60);
+
+fn cluster_or_skip(test: &str) -> Option<RedisCluster> {
+    if let Some(why) = cluster::unavailable() {
+        eprintln!("skipping {test}: {why}");
+        return None;
+    }
+    // A master silent for 1 s is replaced by its replica.
+    Some(RedisCluster::start(Duration::from_millis(1_000)))
+}
+
+/// The port of the master serving `key`'s slot, from `CLUSTER SLOTS` on a live node.
+fn master_of(cluster: &RedisCluster, key: &str) -> u16 {
+    let port = cluster.masters()[0];
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let slot: i64 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query(&mut conn)
+        .unwrap();
+    let slots: Vec<(i64, i64, (String, i64), Vec<redis::Value>)> = {
+        let raw: Vec<Vec<redis::Value>> =
+            redis::cmd("CLUSTER").arg("SLOTS").query(&mut conn).unwrap();
+        raw.into_iter()
+            .map(|r| {
+                let start: i64 = redis::from_redis_value(r[0].clone()).unwrap();
+                let end: i64 = redis::from_redis_value(r[1].clone()).unwrap();
+                let node: Vec<redis::Value> = redis::from_redis_value(r[2].clone()).unwrap();
+                let host: String = redis::from_redis_value(node[0].clone()).unwrap();
+                let port: i64 = redis::from_redis_value(node[1].clone()).unwrap();
+                (start, end, (host, port), r[3..].to_vec())
+            })
+            .collect()
+    };
+    let (_, _, (_, port), _) = slots
+        .into_iter()
+        .find(|(s, e, _, _)| (*s..=*e).contains(&slot))
+        .expect("every slot is served");
+    u16::try_from(port).unwrap()
+}
+
+async fn start_runs(app: &TestApp, agent: &str, n: usize) -> Vec<String> {
+    let mut runs = Vec::new();
+    for i in 0..n {
+        runs.push(app.start_run(agent, json!(format!("job {i}"))).await);
+    }
+    runs
+}
+
+/// Every run succeeded, each with exactly its script's steps (no step done twice).
+async fn assert_all_succeeded_once(app: &TestApp, runs: &[String]) {
+    for run in runs {
+        let r: Value = app.wait_for_run(run, FINISH).await;
+        assert_eq!(r["status"], "succeeded", "{r}");
+        let steps = app.steps(run).await;
+        assert_eq!(steps.len(), 3, "run {run}: {steps:?}");
+    }
+}
+
+#[tokio::test]
+async fn runs_flow_on_a_cluster_and_survive_a_master_failover() {
+    let Some(mut cluster) = cluster_or_skip("runs_flow_on_a_cluster_and_survive_a_master_failover")
+    else {
+        return;
+    };
+    let url = cluster.url();
+    let app = TestApp::spawn_with(|c| c.store.redis_url = url.clone()).await;
+    let mut stack = Stack::new(&app);
+    stack
+        .worker_with(&[("REDIS_URL", &url)])
+        .worker_with(&[("REDIS_URL", &url)])
+        .scheduler_with(&[("REDIS_URL", &url)]);
+    let agent = app
+        .scripted_agent(json!([{"reply": "thinking"}, {"reply": "done with {{input}}"}]))
+        .await;
+
+    let before = start_runs(&app, &agent, 10).await;
+    assert_all_succeeded_once(&app, &before).await;
+
+    // Kill the master that holds the run queue; its replica is promoted after ~1 s.
+    let stream = format!("{}:{{runs}}:stream", app.prefix);
+    let victim = master_of(&cluster, &stream);
+    cluster.kill(victim);
+    let during = start_runs(&app, &agent, 10).await;
+    cluster.wait_ok(Duration::from_secs(30));
+    assert_ne!(master_of(&cluster, &stream), victim, "a replica took over");
+    let after = start_runs(&app, &agent, 10).await;
+
+    assert_all_succeeded_once(&app, &during).await;
+    assert_all_succeeded_once(&app, &after).await;
+    for p in &mut stack.workers {
+        assert!(
+            p.child.try_wait().unwrap().is_none(),
+            "a worker died during the failover"
+        );
+    }
+}
