@@ -42,8 +42,13 @@ impl RedisCluster {
             dir,
         };
         for port in &ports {
+            // The cluster bus port defaults to port + 10000, which may be taken or out of range.
+            let bus = super::procs::free_addr().port();
             let child = Command::new("redis-server")
                 .args(["--port", &port.to_string()])
+                .args(["--cluster-port", &bus.to_string()])
+                // A replica always tries to take over, however long its master was silent.
+                .args(["--cluster-replica-validity-factor", "0"])
                 .args(["--bind", "127.0.0.1"])
                 .args(["--cluster-enabled", "yes"])
                 .args([
