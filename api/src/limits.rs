@@ -17,9 +17,7 @@ pub(crate) async fn hit(
     let now = chrono::Utc::now().timestamp();
     let window = now / 60;
     // Hash tag per bucket and id: counters spread over a cluster's slots.
-    let key = state
-        .keys
-        .key(&format!("rl:{bucket}:{id}"), &format!("m:{window}"));
+    let key = crate::ratelimit::counter_key(&state.keys, bucket, id, &format!("m:{window}"));
     let mut conn = state.redis.clone();
     let counted: redis::RedisResult<(u64,)> = redis::pipe()
         .cmd("INCR")

@@ -13,6 +13,8 @@ use std::time::Duration;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 
+use agentq_shared::redis_conn::Keys;
+
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -125,8 +127,8 @@ return out
 /// A counter's key: hash tag per subject and id (`prefix:{rl:key:<id>}:m:<minute>`), so one
 /// subject's windows share a cluster slot (one script counts them) and different subjects
 /// spread over the slots.
-pub(crate) fn window_key(state: &AppState, subject: &str, id: &str, window: &str) -> String {
-    state.keys.key(&format!("rl:{subject}:{id}"), window)
+pub(crate) fn counter_key(keys: &Keys, subject: &str, id: &str, window: &str) -> String {
+    keys.key(&format!("rl:{subject}:{id}"), window)
 }
 
 fn windows(
@@ -138,7 +140,7 @@ fn windows(
 ) -> Vec<Window> {
     let mut w = Vec::new();
     if let Some(l) = limit.per_minute {
-        let key = window_key(state, subject, id, &format!("m:{}", now / 60));
+        let key = counter_key(&state.keys, subject, id, &format!("m:{}", now / 60));
         w.push(Window {
             subject,
             name: "minute",
@@ -148,7 +150,7 @@ fn windows(
         });
     }
     if let Some(l) = limit.per_day {
-        let key = window_key(state, subject, id, &format!("d:{}", now / 86_400));
+        let key = counter_key(&state.keys, subject, id, &format!("d:{}", now / 86_400));
         w.push(Window {
             subject,
             name: "day",
@@ -327,6 +329,30 @@ fn redis_down(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_subjects_windows_share_a_slot_and_subjects_spread_over_slots() {
+        use redis::cluster_routing::Slot;
+        use std::collections::HashSet;
+        let keys = Keys::new("agentq");
+        let minute = counter_key(&keys, "key", "k1", "m:100");
+        let day = counter_key(&keys, "key", "k1", "d:2");
+        // One script call counts both windows of a subject: one slot.
+        assert_eq!(Slot::for_key(&minute), Slot::for_key(&day));
+        assert_eq!(minute, "agentq:{rl:key:k1}:m:100");
+        let slots: HashSet<Slot> = (0..200)
+            .map(|_| {
+                let id = uuid::Uuid::now_v7().to_string();
+                Slot::for_key(counter_key(&keys, "key", &id, "m:1"))
+            })
+            .collect();
+        assert!(slots.len() > 150, "counters spread: {} slots", slots.len());
+        assert_ne!(
+            Slot::for_key(counter_key(&keys, "key", "same", "m:1")),
+            Slot::for_key(counter_key(&keys, "agent", "same", "m:1")),
+            "a key's and an agent's counters are separate subjects"
+        );
+    }
 
     #[test]
     fn plans_and_fallbacks() {

@@ -5,8 +5,9 @@
 //! slots: one per queue shard, one per run for watch marks, one per rate-limited subject.
 //!
 //! `REDIS_URL` forms: `redis://`, `rediss://`, `unix://` (one server, or a proxy), and
-//! `redis+cluster://[user:pass@]h1:p1[,h2:p2,...][/?query]` (or `rediss+cluster://`): a
-//! cluster, found from any one reachable node (master or replica) of the list.
+//! `redis+cluster://[user:pass@]h1:p1[,h2:p2,...][/?query]`: a cluster, found from any one
+//! reachable node (master or replica) of the list. (`rediss+cluster://` is parsed too, but
+//! like `rediss://` it needs the redis crate's TLS feature, which this build leaves out.)
 
 use std::time::Duration;
 
@@ -269,7 +270,66 @@ pub async fn pubsub(url: &str) -> Result<redis::aio::PubSub, RedisError> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
+    use redis::cluster_routing::Slot;
+
     use super::*;
+    use crate::ids::RunId;
+    use crate::queue::{Queue, QueueConfig};
+    use crate::runs::doorbell;
+
+    fn slot(key: &str) -> Slot {
+        Slot::for_key(key)
+    }
+
+    #[tokio::test]
+    async fn each_queue_shards_lua_keys_share_one_slot_and_shards_spread() {
+        let conn = connect_lazy("redis://127.0.0.1:1", Duration::from_secs(1)).unwrap();
+        let keys = Keys::new("agentq");
+        for name in ["runs", "deliveries"] {
+            let q = Queue::new(
+                conn.clone(),
+                &keys,
+                QueueConfig {
+                    shards: 8,
+                    ..QueueConfig::new(name)
+                },
+            )
+            .unwrap();
+            let mut slots = HashSet::new();
+            for s in &q.inner().shards {
+                // ENQUEUE_AFTER, PROMOTE_DUE, RECLAIM, CLAIM_OWN and the dead-letter MULTI
+                // touch these three keys of one shard together.
+                assert_eq!(slot(&s.stream), slot(&s.delayed), "{}", s.stream);
+                assert_eq!(slot(&s.stream), slot(&s.dead), "{}", s.stream);
+                slots.insert(slot(&s.stream));
+            }
+            assert_eq!(slots.len(), 8, "{name}: one slot per shard");
+        }
+    }
+
+    #[test]
+    fn watch_marks_and_run_channels_are_hashed_per_run() {
+        let keys = Keys::new("agentq");
+        let runs: Vec<RunId> = (0..200).map(|_| RunId::new()).collect();
+        let slots: HashSet<Slot> = runs
+            .iter()
+            .map(|r| slot(&doorbell::watch_key(&keys, *r)))
+            .collect();
+        assert!(
+            slots.len() > 150,
+            "watch marks spread: {} slots",
+            slots.len()
+        );
+        // The streaming hub finds the run in a channel name, the token channel too.
+        let r = runs[0];
+        assert_eq!(doorbell::run_of(&doorbell::channel(&keys, r)), Some(r));
+        assert_eq!(
+            doorbell::run_of_tokens(&doorbell::token_channel(&keys, r)),
+            Some(r)
+        );
+    }
 
     #[test]
     fn parses_single_and_cluster_urls() {
@@ -282,10 +342,10 @@ mod tests {
             RedisTarget::Cluster(vec!["redis://a:1".into(), "redis://b:2".into()])
         );
         assert_eq!(
-            RedisTarget::parse("rediss+cluster://u:p@a:1,b:2/?protocol=3").unwrap(),
+            RedisTarget::parse("redis+cluster://u:p@a:1,b:2/?protocol=3").unwrap(),
             RedisTarget::Cluster(vec![
-                "rediss://u:p@a:1/?protocol=3".into(),
-                "rediss://u:p@b:2/?protocol=3".into()
+                "redis://u:p@a:1/?protocol=3".into(),
+                "redis://u:p@b:2/?protocol=3".into()
             ])
         );
         assert!(RedisTarget::parse("redis+cluster://a:1,,b:2").is_err());
