@@ -30,24 +30,16 @@ fn master_of(cluster: &RedisCluster, key: &str) -> u16 {
         .arg(key)
         .query(&mut conn)
         .unwrap();
-    let slots: Vec<(i64, i64, (String, i64), Vec<redis::Value>)> = {
-        let raw: Vec<Vec<redis::Value>> =
-            redis::cmd("CLUSTER").arg("SLOTS").query(&mut conn).unwrap();
-        raw.into_iter()
-            .map(|r| {
-                let start: i64 = redis::from_redis_value(r[0].clone()).unwrap();
-                let end: i64 = redis::from_redis_value(r[1].clone()).unwrap();
-                let node: Vec<redis::Value> = redis::from_redis_value(r[2].clone()).unwrap();
-                let host: String = redis::from_redis_value(node[0].clone()).unwrap();
-                let port: i64 = redis::from_redis_value(node[1].clone()).unwrap();
-                (start, end, (host, port), r[3..].to_vec())
-            })
-            .collect()
-    };
-    let (_, _, (_, port), _) = slots
-        .into_iter()
-        .find(|(s, e, _, _)| (*s..=*e).contains(&slot))
+    // CLUSTER SLOTS: [[start, end, [host, port, id], replicas...], ...]
+    let ranges: Vec<Vec<redis::Value>> =
+        redis::cmd("CLUSTER").arg("SLOTS").query(&mut conn).unwrap();
+    let int = |v: &redis::Value| -> i64 { redis::from_redis_value(v.clone()).unwrap() };
+    let range = ranges
+        .iter()
+        .find(|r| (int(&r[0])..=int(&r[1])).contains(&slot))
         .expect("every slot is served");
+    let master: Vec<redis::Value> = redis::from_redis_value(range[2].clone()).unwrap();
+    let port = int(&master[1]);
     u16::try_from(port).unwrap()
 }
 

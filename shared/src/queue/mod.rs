@@ -180,7 +180,7 @@ impl Queue {
     /// Connects to `url` and gives every consumer its own connection for blocking reads.
     pub async fn connect(url: &str, keys: &Keys, config: QueueConfig) -> Result<Self, QueueError> {
         let conn = crate::redis_conn::connect(url).await?;
-        Ok(Self::new(conn, keys, config)?.with_blocking_url(url)?)
+        Self::new(conn, keys, config)?.with_blocking_url(url)
     }
 
     /// Lets each consumer open its own connection to `url` for `XREADGROUP ... BLOCK`.
