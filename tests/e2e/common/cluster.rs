@@ -35,45 +35,33 @@ impl RedisCluster {
     pub fn start(node_timeout: Duration) -> Self {
         let dir = std::env::temp_dir().join(format!("agentq-cluster-{}", uuid::Uuid::now_v7()));
         std::fs::create_dir_all(&dir).unwrap();
-        let ports: Vec<u16> = (0..6).map(|_| super::procs::free_addr().port()).collect();
         let mut cluster = Self {
-            ports: ports.clone(),
+            ports: Vec::new(),
             children: Vec::new(),
             dir,
         };
-        for port in &ports {
-            // The cluster bus port defaults to port + 10000, which may be taken or out of range.
-            let bus = super::procs::free_addr().port();
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string()])
-                .args(["--cluster-port", &bus.to_string()])
-                // A replica always tries to take over, however long its master was silent.
-                .args(["--cluster-replica-validity-factor", "0"])
-                .args(["--bind", "127.0.0.1"])
-                .args(["--cluster-enabled", "yes"])
-                .args([
-                    "--cluster-config-file",
-                    cluster
-                        .dir
-                        .join(format!("nodes-{port}.conf"))
-                        .to_str()
-                        .unwrap(),
-                ])
-                .args([
-                    "--cluster-node-timeout",
-                    &node_timeout.as_millis().to_string(),
-                ])
-                .args(["--dir", cluster.dir.to_str().unwrap()])
-                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server starts");
+        for _ in 0..6 {
+            // Free ports are bound and released, so another test may take one first: a node
+            // that does not come up is started again on other ports.
+            let mut started = None;
+            for _ in 0..5 {
+                let (port, mut child) = cluster.spawn_node(node_timeout);
+                // Ours, not another test's node on a reused port: it reports our directory.
+                let dir = cluster.dir.to_string_lossy().into_owned();
+                if cluster.answers(port, "CONFIG GET dir", &dir, Duration::from_secs(5))
+                    && matches!(child.try_wait(), Ok(None))
+                {
+                    started = Some((port, child));
+                    break;
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            let (port, child) = started.expect("a cluster node starts within 5 tries");
+            cluster.ports.push(port);
             cluster.children.push(Some(child));
         }
-        for port in &ports {
-            cluster.wait_for(*port, "PING", "PONG", Duration::from_secs(10));
-        }
+        let ports = cluster.ports.clone();
         let mut create = Command::new("redis-cli");
         create.arg("--cluster").arg("create");
         for port in &ports {
@@ -99,6 +87,45 @@ impl RedisCluster {
         cluster
     }
 
+    /// Starts one node on a free port (and a free cluster bus port); it may fail to bind.
+    fn spawn_node(&self, node_timeout: Duration) -> (u16, Child) {
+        let port = super::procs::free_addr().port();
+        // The cluster bus port defaults to port + 10000, which may be taken or out of range.
+        let bus = super::procs::free_addr().port();
+        let conf = self.dir.join(format!("nodes-{port}.conf"));
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string()])
+            .args(["--cluster-port", &bus.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--cluster-enabled", "yes"])
+            .args(["--cluster-config-file", conf.to_str().unwrap()])
+            .args([
+                "--cluster-node-timeout",
+                &node_timeout.as_millis().to_string(),
+            ])
+            // A replica always tries to take over, however long its master was silent.
+            .args(["--cluster-replica-validity-factor", "0"])
+            .args(["--dir", self.dir.to_str().unwrap()])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        (port, child)
+    }
+
+    /// Whether `redis-cli -p PORT ARGS` prints `want` within `timeout`.
+    fn answers(&self, port: u16, args: &str, want: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.cli(port, args).contains(want) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
     /// `redis+cluster://` naming one node (the rest are found from it).
     pub fn url(&self) -> String {
         format!("redis+cluster://127.0.0.1:{}", self.ports[0])
@@ -115,17 +142,10 @@ impl RedisCluster {
     }
 
     fn wait_for(&self, port: u16, args: &str, want: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.cli(port, args).contains(want) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {port}: no {want:?} from {args} within {timeout:?}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        assert!(
+            self.answers(port, args, want, timeout),
+            "node {port}: no {want:?} from {args} within {timeout:?}"
+        );
     }
 
     /// Ports of the nodes that are masters now.
