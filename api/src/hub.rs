@@ -152,7 +152,7 @@ impl Hub {
     }
 
     async fn listen_once(&self, redis_url: &str, patterns: &[String]) -> redis::RedisResult<()> {
-        let mut pubsub = agentq_shared::redis_conn::pubsub(redis_url).await?;
+        let mut pubsub = agentq_shared::redis_conn::pubsub(redis_url, &self.redis).await?;
         pubsub.psubscribe(patterns).await?;
         let mut messages = pubsub.on_message();
         while let Some(msg) = messages.next().await {

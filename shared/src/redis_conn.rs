@@ -245,11 +245,22 @@ fn cluster_client(
         .build()
 }
 
-/// Opens a pub/sub connection to the server, or on a cluster to the first reachable seed
-/// node: classic `PUBLISH` is broadcast to every node of a cluster, so one node hears all.
-pub async fn pubsub(url: &str) -> Result<redis::aio::PubSub, RedisError> {
+/// Opens a pub/sub connection to the server, or on a cluster to the first reachable node:
+/// classic `PUBLISH` is broadcast to every node of a cluster, so one node hears all. The
+/// URL's nodes are tried first, then the nodes `conn` (the process's cluster connection)
+/// knows now, so a subscriber follows a failover even when the URL names one node.
+pub async fn pubsub(url: &str, conn: &RedisConn) -> Result<redis::aio::PubSub, RedisError> {
+    let target = RedisTarget::parse(url)?;
+    let mut nodes = target.nodes();
+    if let (RedisTarget::Cluster(seeds), RedisConn::Cluster(c)) = (&target, conn) {
+        for node in known_nodes(&seeds[0], c).await {
+            if !nodes.contains(&node) {
+                nodes.push(node);
+            }
+        }
+    }
     let mut last = None;
-    for node in RedisTarget::parse(url)?.nodes() {
+    for node in nodes {
         let opened = async {
             let client = redis::Client::open(node.as_str())?;
             client.get_async_pubsub().await
@@ -266,6 +277,49 @@ pub async fn pubsub(url: &str) -> Result<redis::aio::PubSub, RedisError> {
         }
     }
     Err(last.unwrap_or_else(|| RedisError::from((ErrorKind::InvalidClientConfig, "no node"))))
+}
+
+/// The URLs (scheme, credentials and options of `seed`) of every node in `CLUSTER SLOTS`.
+async fn known_nodes(seed: &str, conn: &ClusterConnection) -> Vec<String> {
+    let mut conn = conn.clone();
+    let mut cmd = redis::cmd("CLUSTER");
+    cmd.arg("SLOTS");
+    let slots = cmd.query_async::<Value>(&mut conn);
+    let Ok(Ok(Value::Array(ranges))) = tokio::time::timeout(Duration::from_secs(2), slots).await
+    else {
+        return Vec::new();
+    };
+    let Ok(base) = url::Url::parse(seed) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for range in ranges {
+        let Value::Array(parts) = range else { continue };
+        // [start, end, [host, port, id, ...] (master), replicas...]
+        for node in parts.into_iter().skip(2) {
+            let Value::Array(node) = node else { continue };
+            let host = match node.first() {
+                Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                Some(Value::SimpleString(s)) => s.clone(),
+                _ => continue,
+            };
+            let Some(Value::Int(port)) = node.get(1) else {
+                continue;
+            };
+            let mut u = base.clone();
+            if host.is_empty() || u.set_host(Some(&host)).is_err() {
+                continue;
+            }
+            if u.set_port(u16::try_from(*port).ok()).is_err() {
+                continue;
+            }
+            let u = u.to_string();
+            if !out.contains(&u) {
+                out.push(u);
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

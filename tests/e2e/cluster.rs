@@ -118,3 +118,39 @@ async fn runs_flow_on_a_cluster_and_survive_a_master_failover() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_subscriber_hears_publishes_through_another_node_when_the_url_node_is_gone() {
+    use futures::StreamExt;
+    let Some(mut cluster) = cluster_or_skip(
+        "a_subscriber_hears_publishes_through_another_node_when_the_url_node_is_gone",
+    ) else {
+        return;
+    };
+    let url = cluster.url();
+    let conn = agentq_shared::redis_conn::connect(&url).await.unwrap();
+    // The URL names only this node; the process's cluster connection knows the others.
+    cluster.kill(cluster.ports[0]);
+    cluster.wait_ok(Duration::from_secs(30));
+    let mut sub = agentq_shared::redis_conn::pubsub(&url, &conn)
+        .await
+        .expect("another node serves pub/sub");
+    sub.subscribe("agentq-test:{c}:ring").await.unwrap();
+    let mut messages = sub.on_message();
+    // PUBLISH goes to whichever node owns the channel's slot; the cluster broadcasts it.
+    let mut heard = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while heard.is_none() && tokio::time::Instant::now() < deadline {
+        let _: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+            .arg("agentq-test:{c}:ring")
+            .arg("hello")
+            .query_async(&mut conn.clone())
+            .await;
+        let msg = tokio::time::timeout(Duration::from_millis(500), messages.next()).await;
+        heard = msg
+            .ok()
+            .flatten()
+            .and_then(|m| m.get_payload::<String>().ok());
+    }
+    assert_eq!(heard.as_deref(), Some("hello"));
+}

@@ -70,7 +70,8 @@ async fn open(state: AppState, auth: Result<Auth, ApiError>, target: Target, uri
     // Subscribe before the endpoint event, so no answer to a POST can be missed.
     let subscribed = async {
         let mut pubsub =
-            agentq_shared::redis_conn::pubsub(state.config.store.redis_url.as_str()).await?;
+            agentq_shared::redis_conn::pubsub(state.config.store.redis_url.as_str(), &state.redis)
+                .await?;
         pubsub.subscribe(sessions::channel(&state, &id)).await?;
         Ok::<_, redis::RedisError>(pubsub)
     };
