@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use agentq_shared::redis_conn::RedisConn;
 use futures::StreamExt;
-use redis::aio::ConnectionManager;
 use tokio::sync::{broadcast, watch};
 
 use agentq_shared::ids::RunId;
@@ -20,7 +20,7 @@ use agentq_shared::runs::doorbell;
 /// Routes doorbells to the handlers watching each run.
 pub struct Hub {
     runs: Mutex<HashMap<RunId, Weak<Route>>>,
-    redis: ConnectionManager,
+    redis: RedisConn,
     keys: Keys,
 }
 
@@ -51,7 +51,7 @@ impl Subscription {
 
 impl Hub {
     /// A hub that marks watched runs through `redis`.
-    pub fn new(redis: ConnectionManager, keys: Keys) -> Self {
+    pub fn new(redis: RedisConn, keys: Keys) -> Self {
         Self {
             runs: Mutex::default(),
             redis,
@@ -152,8 +152,7 @@ impl Hub {
     }
 
     async fn listen_once(&self, redis_url: &str, patterns: &[String]) -> redis::RedisResult<()> {
-        let client = redis::Client::open(redis_url)?;
-        let mut pubsub = client.get_async_pubsub().await?;
+        let mut pubsub = agentq_shared::redis_conn::pubsub(redis_url, &self.redis).await?;
         pubsub.psubscribe(patterns).await?;
         let mut messages = pubsub.on_message();
         while let Some(msg) = messages.next().await {

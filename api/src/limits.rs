@@ -16,9 +16,8 @@ pub(crate) async fn hit(
 ) -> Result<(), ApiError> {
     let now = chrono::Utc::now().timestamp();
     let window = now / 60;
-    let key = state
-        .keys
-        .key("ratelimit", &format!("{bucket}:{id}:{window}"));
+    // Hash tag per bucket and id: counters spread over a cluster's slots.
+    let key = crate::ratelimit::counter_key(&state.keys, bucket, id, &format!("m:{window}"));
     let mut conn = state.redis.clone();
     let counted: redis::RedisResult<(u64,)> = redis::pipe()
         .cmd("INCR")

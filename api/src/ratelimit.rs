@@ -1,7 +1,8 @@
 //! Rate limits per API key (its own, else its team's, else the operator's default) and per
 //! agent (for requests aimed at it), per minute and per day, in fixed UTC windows. One Lua
-//! call per request checks every window and counts the request only if all allow it, so the
-//! limits are exact at the boundary under concurrency and across API replicas. The outcome
+//! call per subject checks its windows and counts the request only if all allow it, so the
+//! limits are exact at the boundary under concurrency and across API replicas (a request the
+//! agent's limit refuses gives back the key's counts). The outcome
 //! becomes `X-RateLimit-*` and IETF `RateLimit-Policy` / `RateLimit` headers; over a limit
 //! the answer is 429 `rate_limited` with `Retry-After` and the window that tripped. If Redis
 //! does not answer in time, the configured policy applies: let the request through (with a
@@ -11,6 +12,8 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
+
+use agentq_shared::redis_conn::Keys;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -121,6 +124,13 @@ end
 return out
 "#;
 
+/// A counter's key: hash tag per subject and id (`prefix:{rl:key:<id>}:m:<minute>`), so one
+/// subject's windows share a cluster slot (one script counts them) and different subjects
+/// spread over the slots.
+pub(crate) fn counter_key(keys: &Keys, subject: &str, id: &str, window: &str) -> String {
+    keys.key(&format!("rl:{subject}:{id}"), window)
+}
+
 fn windows(
     state: &AppState,
     subject: &'static str,
@@ -130,9 +140,7 @@ fn windows(
 ) -> Vec<Window> {
     let mut w = Vec::new();
     if let Some(l) = limit.per_minute {
-        let key = state
-            .keys
-            .key("ratelimit", &format!("{subject}:{id}:m:{}", now / 60));
+        let key = counter_key(&state.keys, subject, id, &format!("m:{}", now / 60));
         w.push(Window {
             subject,
             name: "minute",
@@ -142,9 +150,7 @@ fn windows(
         });
     }
     if let Some(l) = limit.per_day {
-        let key = state
-            .keys
-            .key("ratelimit", &format!("{subject}:{id}:d:{}", now / 86_400));
+        let key = counter_key(&state.keys, subject, id, &format!("d:{}", now / 86_400));
         w.push(Window {
             subject,
             name: "day",
@@ -191,33 +197,40 @@ pub async fn check(
     if all.is_empty() {
         return Ok(None);
     }
-    static COMPILED: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
-    let mut script = COMPILED
-        .get_or_init(|| redis::Script::new(SCRIPT))
-        .prepare_invoke();
-    for w in &all {
-        script.key(&w.key);
+    // One script call per subject (its windows share a hash slot; a cluster cannot run one
+    // script over two slots): the key's first, then the agent's. When the agent's refuses
+    // after the key's counted, the key's counts are given back, so a refused request counts
+    // against nothing (a concurrent request may briefly see one extra use).
+    let split = all
+        .iter()
+        .position(|w| w.subject != "key")
+        .unwrap_or(all.len());
+    let mut used: Vec<u32> = Vec::with_capacity(all.len());
+    let mut refused = None;
+    for range in [0..split, split..all.len()] {
+        if range.is_empty() {
+            continue;
+        }
+        let reply = match count(state, &all[range.clone()]).await {
+            Ok(r) => r,
+            Err(why) => {
+                give_back(state, &all[..range.start]).await;
+                return redis_down(state, &why);
+            }
+        };
+        if reply.first() == Some(&1) {
+            used.extend(reply[2..].iter().map(|c| *c as u32));
+        } else {
+            let i = reply.get(1).map(|i| (*i - 1).max(0) as usize).unwrap_or(0);
+            give_back(state, &all[..range.start]).await;
+            refused = Some((range.start + i).min(range.end - 1));
+            break;
+        }
     }
-    for w in &all {
-        script.arg(w.limit);
-    }
-    for w in &all {
-        script.arg(w.seconds + 60);
-    }
-    let mut conn = state.redis.clone();
-    let answer =
-        tokio::time::timeout(REDIS_TIMEOUT, script.invoke_async::<Vec<i64>>(&mut conn)).await;
-    let reply = match answer {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return redis_down(state, &e.to_string()),
-        Err(_) => return redis_down(state, "timed out"),
-    };
-    if reply.first() == Some(&1) {
-        let used: Vec<u32> = reply[2..].iter().map(|c| *c as u32).collect();
+    let Some(tripped) = refused else {
         return Ok(headers_for(&all, &used, now));
-    }
-    let tripped = reply.get(1).map(|i| (*i - 1).max(0) as usize).unwrap_or(0);
-    let w = &all[tripped.min(all.len() - 1)];
+    };
+    let w = &all[tripped];
     let used: Vec<u32> = all
         .iter()
         .enumerate()
@@ -241,6 +254,45 @@ pub async fn check(
     .with_retry_after(retry.max(1) as u64)
     .with_details(serde_json::json!({"window": w.name, "limit": w.limit, "scope": w.subject}));
     Err((err, headers))
+}
+
+/// Checks and counts one subject's windows in one script call: `{1, 0, counts...}` when all
+/// allow, else `{0, i, used}` with the 1-based index of the window that refused.
+async fn count(state: &AppState, windows: &[Window]) -> Result<Vec<i64>, String> {
+    static COMPILED: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    let mut script = COMPILED
+        .get_or_init(|| redis::Script::new(SCRIPT))
+        .prepare_invoke();
+    for w in windows {
+        script.key(&w.key);
+    }
+    for w in windows {
+        script.arg(w.limit);
+    }
+    for w in windows {
+        script.arg(w.seconds + 60);
+    }
+    let mut conn = state.redis.clone();
+    match tokio::time::timeout(REDIS_TIMEOUT, script.invoke_async::<Vec<i64>>(&mut conn)).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".to_owned()),
+    }
+}
+
+/// Undoes the counts of windows that allowed a request another window refused.
+async fn give_back(state: &AppState, windows: &[Window]) {
+    let cmds = windows
+        .iter()
+        .map(|w| {
+            let mut c = redis::cmd("DECR");
+            c.arg(&w.key);
+            c
+        })
+        .collect();
+    if let Err(e) = state.redis.exec_spread(cmds).await {
+        tracing::debug!(error = %e, "rate limit count not given back");
+    }
 }
 
 // The refusal carries its headers with it; it is built at most once per request.
@@ -277,6 +329,30 @@ fn redis_down(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_subjects_windows_share_a_slot_and_subjects_spread_over_slots() {
+        use redis::cluster_routing::Slot;
+        use std::collections::HashSet;
+        let keys = Keys::new("agentq");
+        let minute = counter_key(&keys, "key", "k1", "m:100");
+        let day = counter_key(&keys, "key", "k1", "d:2");
+        // One script call counts both windows of a subject: one slot.
+        assert_eq!(Slot::for_key(&minute), Slot::for_key(&day));
+        assert_eq!(minute, "agentq:{rl:key:k1}:m:100");
+        let slots: HashSet<Slot> = (0..200)
+            .map(|_| {
+                let id = uuid::Uuid::now_v7().to_string();
+                Slot::for_key(counter_key(&keys, "key", &id, "m:1"))
+            })
+            .collect();
+        assert!(slots.len() > 150, "counters spread: {} slots", slots.len());
+        assert_ne!(
+            Slot::for_key(counter_key(&keys, "key", "same", "m:1")),
+            Slot::for_key(counter_key(&keys, "agent", "same", "m:1")),
+            "a key's and an agent's counters are separate subjects"
+        );
+    }
 
     #[test]
     fn plans_and_fallbacks() {

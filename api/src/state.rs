@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use agentq_shared::redis_conn::RedisConn;
 use chrono::{DateTime, Utc};
-use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
 use agentq_shared::crypto::Keyring;
@@ -52,7 +52,7 @@ pub struct Shared {
     /// Postgres pool.
     pub db: PgPool,
     /// Redis connection (multiplexed, reconnecting).
-    pub redis: ConnectionManager,
+    pub redis: RedisConn,
     /// Redis key names.
     pub keys: Keys,
     /// The run and delivery queues.

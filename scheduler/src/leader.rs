@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use agentq_shared::redis_conn::RedisConn;
 
 use agentq_shared::redis_conn::Keys;
 
@@ -23,7 +23,7 @@ return 0
 "#;
 
 pub(crate) struct Lease {
-    conn: ConnectionManager,
+    conn: RedisConn,
     key: String,
     holder: String,
     ttl: Duration,
@@ -31,7 +31,7 @@ pub(crate) struct Lease {
 }
 
 impl Lease {
-    pub(crate) fn new(conn: ConnectionManager, keys: &Keys, ttl: Duration) -> Self {
+    pub(crate) fn new(conn: RedisConn, keys: &Keys, ttl: Duration) -> Self {
         Self {
             conn,
             key: keys.key("scheduler", "leader"),

@@ -56,7 +56,7 @@ impl StoreConfig {
         let redis_url = redis_url
             .filter(|s| !s.trim().is_empty())
             .ok_or_else(|| ConfigError::missing("REDIS_URL", "--redis-url"))?;
-        redis::Client::open(redis_url.as_str())
+        crate::redis_conn::RedisTarget::parse(redis_url.as_str())
             .map_err(|e| ConfigError::invalid("REDIS_URL", e))?;
         if redis_prefix.is_empty()
             || !redis_prefix
@@ -133,5 +133,26 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.name, "AGENTQ_REDIS_PREFIX");
+    }
+
+    #[test]
+    fn a_cluster_redis_url_is_accepted_and_a_bad_one_named_without_its_password() {
+        let pg = || Some("postgres://x/db".to_owned());
+        let ok = StoreConfig::new(
+            pg(),
+            Some("redis+cluster://10.0.0.1:7000,10.0.0.2:7001".into()),
+            "p".into(),
+            5,
+        );
+        assert!(ok.is_ok());
+        let e = StoreConfig::new(
+            pg(),
+            Some("redis+cluster://:s3cret@a:1,,b:2".into()),
+            "p".into(),
+            5,
+        )
+        .unwrap_err();
+        assert_eq!(e.name, "REDIS_URL");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
     }
 }

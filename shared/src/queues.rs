@@ -1,9 +1,7 @@
 //! The queues every producer writes to: runs and webhook deliveries.
 
-use redis::aio::ConnectionManager;
-
 use crate::queue::{Queue, QueueConfig, QueueError};
-use crate::redis_conn::Keys;
+use crate::redis_conn::{Keys, RedisConn};
 
 /// The run queue and the delivery queue.
 #[derive(Clone, Debug)]
@@ -16,7 +14,7 @@ pub struct Queues {
 
 impl Queues {
     /// Producer-side handles on a shared connection.
-    pub fn new(conn: ConnectionManager, keys: &Keys) -> Result<Self, QueueError> {
+    pub fn new(conn: RedisConn, keys: &Keys) -> Result<Self, QueueError> {
         Ok(Self {
             runs: Queue::new(conn.clone(), keys, QueueConfig::new("runs"))?,
             deliveries: Queue::new(conn, keys, QueueConfig::new("deliveries"))?,

@@ -282,6 +282,12 @@ async fn app_with_cuttable_redis(closed: bool) -> (TestApp, TcpProxy) {
 
 #[tokio::test]
 async fn when_redis_is_down_the_configured_policy_answers_without_hanging() {
+    if redis_url().contains("+cluster://") {
+        // A TCP proxy in front of one node cannot stand for a cluster (clients follow MOVED
+        // to the nodes' own addresses); the policy code is the same on both.
+        eprintln!("skipping: needs a single Redis to cut");
+        return;
+    }
     let (open, proxy_a) = app_with_cuttable_redis(false).await;
     let (closed, proxy_b) = app_with_cuttable_redis(true).await;
     assert_eq!(open.get("/api/v1/api-keys").await.0, StatusCode::OK);

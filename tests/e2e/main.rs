@@ -10,6 +10,7 @@ mod approvals;
 mod audit_logs;
 mod chaos;
 mod cli;
+mod cluster;
 mod console;
 mod credentials;
 mod errors;

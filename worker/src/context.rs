@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use redis::aio::ConnectionManager;
+use agentq_shared::redis_conn::RedisConn;
 use sqlx::PgPool;
 
 use agentq_shared::crypto::Keyring;
@@ -21,7 +21,7 @@ pub struct Ctx {
     /// Postgres pool.
     pub db: PgPool,
     /// Redis (doorbells).
-    pub redis: ConnectionManager,
+    pub redis: RedisConn,
     /// Redis key names.
     pub keys: Keys,
     /// The run and delivery queues (producer side).

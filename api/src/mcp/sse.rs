@@ -69,8 +69,9 @@ async fn open(state: AppState, auth: Result<Auth, ApiError>, target: Target, uri
     let forget = Forget(Some((state.clone(), id.clone())));
     // Subscribe before the endpoint event, so no answer to a POST can be missed.
     let subscribed = async {
-        let client = redis::Client::open(state.config.store.redis_url.as_str())?;
-        let mut pubsub = client.get_async_pubsub().await?;
+        let mut pubsub =
+            agentq_shared::redis_conn::pubsub(state.config.store.redis_url.as_str(), &state.redis)
+                .await?;
         pubsub.subscribe(sessions::channel(&state, &id)).await?;
         Ok::<_, redis::RedisError>(pubsub)
     };

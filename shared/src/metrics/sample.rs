@@ -51,16 +51,18 @@ async fn sample_queue(queue: &Queue) -> Result<(), QueueError> {
     ] {
         metrics::gauge!(QUEUE_DEPTH, "queue" => name.clone(), "state" => state).set(n as f64);
     }
-    let age = oldest_ready_age(queue).await?;
+    let mut age = Duration::ZERO;
+    for stream in queue.stream_keys() {
+        age = age.max(oldest_ready_age(queue, stream).await?);
+    }
     metrics::gauge!(QUEUE_OLDEST_AGE, "queue" => name).set(age.as_secs_f64());
     Ok(())
 }
 
 /// Age of the oldest stream entry the group has not delivered yet (entry ids are the Redis
 /// clock in ms when it was added, or promoted from the delayed set), on the Redis clock.
-async fn oldest_ready_age(queue: &Queue) -> Result<Duration, QueueError> {
+async fn oldest_ready_age(queue: &Queue, stream: &str) -> Result<Duration, QueueError> {
     let mut conn = queue.conn();
-    let stream = queue.stream_key();
     let groups: Result<StreamInfoGroupsReply, _> = redis::cmd("XINFO")
         .arg("GROUPS")
         .arg(stream)

@@ -364,7 +364,9 @@ async fn an_unreachable_redis_ends_the_worker_with_an_error_after_give_up_after(
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_millis(200)))
         .set_number_of_retries(0);
-    let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config).unwrap();
+    let conn = crate::redis_conn::RedisConn::Single(
+        redis::aio::ConnectionManager::new_lazy_with_config(client, config).unwrap(),
+    );
     let keys = crate::redis_conn::Keys::new("agentq-test-unreachable");
     let queue = Queue::new(conn, &keys, QueueConfig::new("runs")).unwrap();
     let opts = StreamBackendOptions {

@@ -22,11 +22,25 @@ pub struct QueueConfig {
     pub max_deliveries: u64,
     /// Approximate cap (`MAXLEN ~`) of the dead-letter stream.
     pub dead_max_len: u64,
+    /// Streams the queue is spread over, each in its own hash slot (1 = unsharded).
+    /// Every producer and consumer of a queue must use the same count.
+    pub shards: usize,
+}
+
+/// Most shards a queue may have.
+pub const MAX_SHARDS: usize = 256;
+
+/// `AGENTQ_QUEUE_SHARDS` (default 1); 0 when set but not a number, which `validate` refuses.
+pub fn shards_from_env() -> usize {
+    match std::env::var("AGENTQ_QUEUE_SHARDS") {
+        Ok(v) if !v.trim().is_empty() => v.trim().parse().unwrap_or(0),
+        _ => 1,
+    }
 }
 
 impl QueueConfig {
     /// Defaults for the queue `name`: group `workers`, 15 s min idle, 5 s renewal,
-    /// 10 deliveries, 100k dead letters kept.
+    /// 10 deliveries, 100k dead letters kept, `AGENTQ_QUEUE_SHARDS` shards (default 1).
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
@@ -35,6 +49,7 @@ impl QueueConfig {
             renew_every: Duration::from_secs(5),
             max_deliveries: 10,
             dead_max_len: 100_000,
+            shards: shards_from_env(),
         }
     }
 
@@ -54,6 +69,11 @@ impl QueueConfig {
             return bad(format!(
                 "renew_every ({:?}) must be above zero and below min_idle ({:?})",
                 self.renew_every, self.min_idle
+            ));
+        }
+        if self.shards == 0 || self.shards > MAX_SHARDS {
+            return bad(format!(
+                "shards (AGENTQ_QUEUE_SHARDS) must be a number from 1 to {MAX_SHARDS}"
             ));
         }
         if self.max_deliveries == 0 {

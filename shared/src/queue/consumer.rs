@@ -2,28 +2,35 @@
 //! orphaned entries on the way), acknowledges, renews and releases its entries.
 //!
 //! Blocking reads: a multiplexed connection answers in order, so an `XREADGROUP ... BLOCK`
-//! on the process's shared `ConnectionManager` would stall every command queued behind it
+//! on the process's shared connection would stall every command queued behind it
 //! (acks, renewals, enqueues, rate limits) for the whole block, and a block near the 5 s
 //! response timeout would turn an idle queue into timeout errors. So each consumer of a
-//! queue built with a `redis::Client` ([`Queue::connect`]) reads on its own lazily opened,
-//! reconnecting connection whose response timeout exceeds the block; all other commands use
-//! the shared connection. Without a client the read shares the connection and the block is
-//! capped at 1 s.
+//! queue built with a URL ([`Queue::connect`]) reads on its own lazily opened,
+//! reconnecting connection (on a cluster: its own cluster connection) whose response timeout
+//! exceeds the block; all other commands use the shared connection. Without one the read
+//! shares the connection and the block is capped at 1 s.
+//!
+//! Shards: a fetch first reads every shard without blocking (starting at a rotating shard,
+//! so none starves), and only when all are empty blocks on one shard, rotating, for at most
+//! [`SHARDED_MAX_BLOCK`]: shards live in different cluster slots, which one `XREADGROUP`
+//! cannot span. A job added to another shard meanwhile waits at most that long.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::StreamReadReply;
 use redis::RedisError;
 use tracing::{debug, warn};
 
-use super::{duration_ms, orphans, scripts, Queue, QueueError};
+use super::{duration_ms, orphans, qualify, scripts, unqualify, Queue, QueueError};
+use crate::redis_conn::{self, RedisConn};
 
 /// Longest block on a consumer's own connection.
 const MAX_BLOCK: Duration = Duration::from_secs(10);
 /// Longest block when the read shares the process's connection.
 const SHARED_MAX_BLOCK: Duration = Duration::from_secs(1);
+/// Longest block on one shard of a sharded queue (the others are not watched meanwhile).
+pub(crate) const SHARDED_MAX_BLOCK: Duration = Duration::from_millis(50);
 /// How often one consumer promotes due delayed jobs.
 const PROMOTE_EVERY: Duration = Duration::from_millis(250);
 /// Delayed jobs moved per promotion.
@@ -66,9 +73,11 @@ pub struct Consumer {
 struct ConsumerInner {
     queue: Queue,
     name: String,
-    /// Own connection for blocking reads, when the queue has a client.
-    reader: Option<ConnectionManager>,
+    /// Own connection for blocking reads, when the queue has a URL for it.
+    reader: Option<RedisConn>,
     timers: Mutex<Timers>,
+    /// The shard the next fetch starts at.
+    rotor: std::sync::atomic::AtomicUsize,
 }
 
 /// When this consumer last did its periodic chores.
@@ -91,13 +100,8 @@ impl std::fmt::Debug for Consumer {
 
 impl Consumer {
     pub(crate) fn new(queue: Queue, name: String) -> Self {
-        let reader = queue.client().and_then(|client| {
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(Duration::from_secs(2)))
-                .set_response_timeout(Some(MAX_BLOCK + Duration::from_secs(5)))
-                .set_number_of_retries(2)
-                .set_max_delay(Duration::from_millis(1000));
-            ConnectionManager::new_lazy_with_config(client.clone(), config)
+        let reader = queue.blocking_url().and_then(|url| {
+            redis_conn::connect_lazy(url, MAX_BLOCK + Duration::from_secs(5))
                 .inspect_err(|e| warn!(error = %e, "no dedicated read connection; sharing"))
                 .ok()
         });
@@ -114,6 +118,7 @@ impl Consumer {
                 name,
                 reader,
                 timers: Mutex::new(timers),
+                rotor: std::sync::atomic::AtomicUsize::new(0),
             }),
         }
     }
@@ -129,7 +134,7 @@ impl Consumer {
     }
 
     #[cfg(test)]
-    pub(crate) fn reader(&self) -> Option<ConnectionManager> {
+    pub(crate) fn reader(&self) -> Option<RedisConn> {
         self.inner.reader.clone()
     }
 
@@ -143,26 +148,62 @@ impl Consumer {
         }
         let queue = &self.inner.queue;
         queue.ensure_group_once().await?;
+        let shards = queue.inner().shards.len();
         let (promote, reclaim, prune) = self.chores_due();
         if promote {
             self.promote().await?;
         }
         if reclaim {
-            let reclaimed = queue
-                .retry_missing_group(|| orphans::reclaim(queue, &self.inner.name, max))
-                .await?;
+            let mut reclaimed = Vec::new();
+            for k in 0..shards {
+                let want = max - reclaimed.len();
+                if want == 0 {
+                    break;
+                }
+                let got = queue
+                    .retry_missing_group(k, || orphans::reclaim(queue, k, &self.inner.name, want))
+                    .await?;
+                reclaimed.extend(got);
+            }
             if !reclaimed.is_empty() {
                 return Ok(reclaimed);
             }
         }
         if prune {
-            if let Err(e) = orphans::prune_consumers(queue, &self.inner.name).await {
-                debug!(error = %e, "consumer pruning failed; will retry");
+            for k in 0..shards {
+                if let Err(e) = orphans::prune_consumers(queue, k, &self.inner.name).await {
+                    debug!(error = %e, "consumer pruning failed; will retry");
+                }
             }
         }
         let block = self.effective_block(block);
+        if shards == 1 {
+            return queue
+                .retry_missing_group(0, || self.read_new(0, max, block))
+                .await;
+        }
+        let start = self
+            .inner
+            .rotor
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut got = Vec::new();
+        for i in 0..shards {
+            let k = (start + i) % shards;
+            let want = max - got.len();
+            if want == 0 {
+                break;
+            }
+            let read = queue
+                .retry_missing_group(k, || self.read_new(k, want, Duration::ZERO))
+                .await?;
+            got.extend(read);
+        }
+        if !got.is_empty() || block.is_zero() {
+            return Ok(got);
+        }
+        let k = start % shards;
         queue
-            .retry_missing_group(|| self.read_new(max, block))
+            .retry_missing_group(k, || self.read_new(k, max, block.min(SHARDED_MAX_BLOCK)))
             .await
     }
 
@@ -171,21 +212,41 @@ impl Consumer {
     pub async fn ack(&self, ids: &[String]) -> Result<(), QueueError> {
         let inner = self.inner.queue.inner();
         let mut conn = self.inner.queue.conn();
-        for chunk in ids.chunks(ID_CHUNK) {
-            let () = redis::pipe()
-                .cmd("XACK")
-                .arg(&inner.stream)
-                .arg(&inner.config.group)
-                .arg(chunk)
-                .ignore()
-                .cmd("XDEL")
-                .arg(&inner.stream)
-                .arg(chunk)
-                .ignore()
-                .query_async(&mut conn)
-                .await?;
+        for (k, raw) in self.by_shard(ids)? {
+            let stream = &inner.shards[k].stream;
+            for chunk in raw.chunks(ID_CHUNK) {
+                let () = redis::pipe()
+                    .cmd("XACK")
+                    .arg(stream)
+                    .arg(&inner.config.group)
+                    .arg(chunk)
+                    .ignore()
+                    .cmd("XDEL")
+                    .arg(stream)
+                    .arg(chunk)
+                    .ignore()
+                    .query_async(&mut conn)
+                    .await?;
+            }
         }
         Ok(())
+    }
+
+    /// The stream ids of `ids` grouped by shard.
+    fn by_shard<'a>(&self, ids: &'a [String]) -> Result<Vec<(usize, Vec<&'a str>)>, QueueError> {
+        let shards = self.inner.queue.inner().shards.len();
+        let mut out: Vec<(usize, Vec<&str>)> = Vec::new();
+        for id in ids {
+            let (k, raw) = unqualify(id);
+            if k >= shards {
+                return Err(QueueError::Reply(format!("entry id {id:?} names no shard")));
+            }
+            match out.iter_mut().find(|(s, _)| *s == k) {
+                Some((_, v)) => v.push(raw),
+                None => out.push((k, vec![raw])),
+            }
+        }
+        Ok(out)
     }
 
     /// Renews the claim on entries this consumer still owns (`XCLAIM ... JUSTID`: idle time
@@ -212,31 +273,38 @@ impl Consumer {
     /// Moves one entry to the dead-letter stream with `reason`, acking and deleting it.
     pub async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), QueueError> {
         let inner = self.inner.queue.inner();
+        let (k, id) = unqualify(&delivery.id);
+        let Some(shard) = inner.shards.get(k) else {
+            return Err(QueueError::Reply(format!(
+                "entry id {:?} names no shard",
+                delivery.id
+            )));
+        };
         let mut conn = self.inner.queue.conn();
         let () = redis::pipe()
             .atomic()
             .cmd("XADD")
-            .arg(&inner.dead)
+            .arg(&shard.dead)
             .arg("MAXLEN")
             .arg("~")
             .arg(inner.config.dead_max_len)
             .arg("*")
             .arg(&[
                 ("p", delivery.payload.as_str()),
-                ("id", delivery.id.as_str()),
+                ("id", id),
                 ("deliveries", &delivery.deliveries.to_string()),
                 ("consumer", &self.inner.name),
                 ("reason", reason),
             ])
             .ignore()
             .cmd("XACK")
-            .arg(&inner.stream)
+            .arg(&shard.stream)
             .arg(&inner.config.group)
-            .arg(&delivery.id)
+            .arg(id)
             .ignore()
             .cmd("XDEL")
-            .arg(&inner.stream)
-            .arg(&delivery.id)
+            .arg(&shard.stream)
+            .arg(id)
             .ignore()
             .query_async(&mut conn)
             .await?;
@@ -264,11 +332,21 @@ impl Consumer {
     }
 
     async fn promote(&self) -> Result<(), QueueError> {
-        let (moved, wait) = self.inner.queue.promote(PROMOTE_BATCH).await?;
+        let (mut moved, mut wait) = (0, None::<u64>);
+        let mut backlog = false;
+        for k in 0..self.inner.queue.inner().shards.len() {
+            let (m, w) = self.inner.queue.promote(k, PROMOTE_BATCH).await?;
+            moved += m;
+            backlog |= m == PROMOTE_BATCH;
+            wait = match (wait, w) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
         let now = Instant::now();
         let mut t = self.inner.timers.lock().unwrap_or_else(|p| p.into_inner());
         t.next_due = wait.map(|ms| now + Duration::from_millis(ms));
-        if moved == PROMOTE_BATCH {
+        if backlog {
             // A backlog of due jobs: keep promoting on every fetch until it is drained.
             t.next_promote = now;
         }
@@ -296,7 +374,12 @@ impl Consumer {
         block
     }
 
-    async fn read_new(&self, max: usize, block: Duration) -> Result<Vec<Delivery>, RedisError> {
+    async fn read_new(
+        &self,
+        shard: usize,
+        max: usize,
+        block: Duration,
+    ) -> Result<Vec<Delivery>, RedisError> {
         let inner = self.inner.queue.inner();
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
@@ -308,7 +391,7 @@ impl Consumer {
         if !block.is_zero() {
             cmd.arg("BLOCK").arg(duration_ms(block).max(1));
         }
-        cmd.arg("STREAMS").arg(&inner.stream).arg(">");
+        cmd.arg("STREAMS").arg(&inner.shards[shard].stream).arg(">");
         let reply: Option<StreamReadReply> = match &self.inner.reader {
             Some(reader) => cmd.query_async(&mut reader.clone()).await?,
             None => cmd.query_async(&mut self.inner.queue.conn()).await?,
@@ -317,29 +400,35 @@ impl Consumer {
         Ok(entries
             .map(|entry| Delivery {
                 payload: entry.get::<String>("p").unwrap_or_default(),
-                id: entry.id,
+                id: qualify(shard, &entry.id),
                 deliveries: 1,
             })
             .collect())
     }
 
-    async fn claim_own(&self, ids: &[String], idle_ms: u64) -> Result<usize, QueueError> {
+    pub(crate) async fn claim_own(
+        &self,
+        ids: &[String],
+        idle_ms: u64,
+    ) -> Result<usize, QueueError> {
         let inner = self.inner.queue.inner();
         let mut owned = 0;
-        for chunk in ids.chunks(ID_CHUNK) {
-            owned += self
-                .inner
-                .queue
-                .retry_missing_group(|| async {
-                    let mut conn = self.inner.queue.conn();
-                    let mut call = scripts::CLAIM_OWN.key(&inner.stream);
-                    call.arg(&inner.config.group)
-                        .arg(&self.inner.name)
-                        .arg(idle_ms)
-                        .arg(chunk);
-                    call.invoke_async::<usize>(&mut conn).await
-                })
-                .await?;
+        for (k, raw) in self.by_shard(ids)? {
+            for chunk in raw.chunks(ID_CHUNK) {
+                owned += self
+                    .inner
+                    .queue
+                    .retry_missing_group(k, || async {
+                        let mut conn = self.inner.queue.conn();
+                        let mut call = scripts::CLAIM_OWN.key(&inner.shards[k].stream);
+                        call.arg(&inner.config.group)
+                            .arg(&self.inner.name)
+                            .arg(idle_ms)
+                            .arg(chunk);
+                        call.invoke_async::<usize>(&mut conn).await
+                    })
+                    .await?;
+            }
         }
         Ok(owned)
     }

@@ -16,6 +16,13 @@
 //! A consumer that dies leaves its entries pending; live consumers reclaim entries idle for
 //! `min_idle`, counting the delivery, and dead-letter them past `max_deliveries`. Live work
 //! renews its claim every `renew_every`, so it is never stolen.
+//!
+//! Shards (`QueueConfig::shards`, `AGENTQ_QUEUE_SHARDS`): with N > 1 a queue is N such
+//! triples, each under its own hash tag so a Redis Cluster spreads them over its masters.
+//! Shard 0 keeps the unsharded names (`{runs}`), shard k > 0 is `{runs:k}`, so raising N
+//! keeps the jobs already queued. Producers pick shards round-robin; every consumer reads all
+//! shards. Entry ids of shard k > 0 are handed out as `k/<stream id>` (shard 0 ids are plain
+//! stream ids), so acks, renewals and releases find their shard.
 
 mod ack_layer;
 mod backend;
@@ -30,19 +37,18 @@ mod backend_tests;
 #[cfg(test)]
 mod tests;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::{RedisError, Value};
 use tracing::warn;
 
-use crate::redis_conn::Keys;
+use crate::redis_conn::{Keys, RedisConn};
 
 pub use ack_layer::{AckLayer, AckService, JobPanicked};
 pub use backend::{StreamBackend, StreamBackendError, StreamBackendOptions};
-pub use config::QueueConfig;
+pub use config::{shards_from_env, QueueConfig, MAX_SHARDS};
 pub use consumer::{Consumer, Delivery, DeliveryInfo};
 pub use driver::QueueHealth;
 
@@ -80,24 +86,58 @@ pub struct QueueDepth {
 /// A handle on one queue; cheap to clone, shares one multiplexed connection.
 #[derive(Clone)]
 pub struct Queue {
-    conn: ConnectionManager,
-    /// Opens each consumer's own connection for blocking reads; `None` = share `conn`.
-    client: Option<redis::Client>,
+    conn: RedisConn,
+    /// The `REDIS_URL` each consumer opens its own connection(s) from for blocking reads;
+    /// `None` = share `conn`.
+    blocking_url: Option<String>,
     inner: Arc<QueueInner>,
 }
 
 pub(crate) struct QueueInner {
     pub(crate) config: QueueConfig,
+    pub(crate) shards: Vec<Shard>,
+    /// Round-robin counter of producers.
+    next: AtomicUsize,
+}
+
+/// The keys of one shard.
+pub(crate) struct Shard {
     pub(crate) stream: String,
     pub(crate) delayed: String,
     pub(crate) dead: String,
     group_ready: AtomicBool,
 }
 
+impl QueueInner {
+    /// The shard a producer writes its next job to.
+    fn pick(&self) -> &Shard {
+        let n = self.shards.len();
+        &self.shards[self.next.fetch_add(1, Ordering::Relaxed) % n]
+    }
+}
+
+/// `k/<id>` for shard k > 0, the plain id for shard 0.
+pub(crate) fn qualify(shard: usize, id: &str) -> String {
+    if shard == 0 {
+        id.to_owned()
+    } else {
+        format!("{shard}/{id}")
+    }
+}
+
+/// The shard and stream id of a (possibly qualified) entry id.
+pub(crate) fn unqualify(id: &str) -> (usize, &str) {
+    match id.split_once('/') {
+        Some((k, raw)) => (k.parse().unwrap_or(usize::MAX), raw),
+        None => (0, id),
+    }
+}
+
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Queue")
-            .field("stream", &self.inner.stream)
+            .field("stream", &self.inner.shards[0].stream)
+            .field("shards", &self.inner.shards.len())
             .field("group", &self.inner.config.group)
             .finish_non_exhaustive()
     }
@@ -107,23 +147,32 @@ impl Queue {
     /// A queue on an existing connection. Consumers of such a queue do their blocking reads
     /// on that shared connection too, which stalls every other command behind them, so their
     /// block time is capped at 1 s; worker processes should use [`Queue::connect`] or
-    /// [`Queue::with_blocking_client`] instead.
-    pub fn new(
-        conn: ConnectionManager,
-        keys: &Keys,
-        config: QueueConfig,
-    ) -> Result<Self, QueueError> {
+    /// [`Queue::with_blocking_url`] instead.
+    pub fn new(conn: RedisConn, keys: &Keys, config: QueueConfig) -> Result<Self, QueueError> {
         config.validate()?;
+        let shards = (0..config.shards)
+            .map(|k| {
+                let group = if k == 0 {
+                    config.name.clone()
+                } else {
+                    format!("{}:{k}", config.name)
+                };
+                Shard {
+                    stream: keys.key(&group, "stream"),
+                    delayed: keys.key(&group, "delayed"),
+                    dead: keys.key(&group, "dead"),
+                    group_ready: AtomicBool::new(false),
+                }
+            })
+            .collect();
         let inner = QueueInner {
-            stream: keys.key(&config.name, "stream"),
-            delayed: keys.key(&config.name, "delayed"),
-            dead: keys.key(&config.name, "dead"),
             config,
-            group_ready: AtomicBool::new(false),
+            shards,
+            next: AtomicUsize::new(0),
         };
         Ok(Self {
             conn,
-            client: None,
+            blocking_url: None,
             inner: Arc::new(inner),
         })
     }
@@ -131,14 +180,14 @@ impl Queue {
     /// Connects to `url` and gives every consumer its own connection for blocking reads.
     pub async fn connect(url: &str, keys: &Keys, config: QueueConfig) -> Result<Self, QueueError> {
         let conn = crate::redis_conn::connect(url).await?;
-        let client = redis::Client::open(url)?;
-        Ok(Self::new(conn, keys, config)?.with_blocking_client(client))
+        Self::new(conn, keys, config)?.with_blocking_url(url)
     }
 
-    /// Lets each consumer open its own connection from `client` for `XREADGROUP ... BLOCK`.
-    pub fn with_blocking_client(mut self, client: redis::Client) -> Self {
-        self.client = Some(client);
-        self
+    /// Lets each consumer open its own connection to `url` for `XREADGROUP ... BLOCK`.
+    pub fn with_blocking_url(mut self, url: &str) -> Result<Self, QueueError> {
+        crate::redis_conn::RedisTarget::parse(url)?;
+        self.blocking_url = Some(url.to_owned());
+        Ok(self)
     }
 
     /// The settings this queue runs with.
@@ -146,26 +195,31 @@ impl Queue {
         &self.inner.config
     }
 
-    /// Name of the work stream key.
+    /// Name of the work stream key (of shard 0).
     pub fn stream_key(&self) -> &str {
-        &self.inner.stream
+        &self.inner.shards[0].stream
     }
 
-    /// Name of the delayed-jobs ZSET key.
+    /// Name of the delayed-jobs ZSET key (of shard 0).
     pub fn delayed_key(&self) -> &str {
-        &self.inner.delayed
+        &self.inner.shards[0].delayed
     }
 
-    /// Name of the dead-letter stream key.
+    /// Name of the dead-letter stream key (of shard 0).
     pub fn dead_key(&self) -> &str {
-        &self.inner.dead
+        &self.inner.shards[0].dead
+    }
+
+    /// The work stream keys of all shards.
+    pub fn stream_keys(&self) -> impl Iterator<Item = &str> {
+        self.inner.shards.iter().map(|s| s.stream.as_str())
     }
 
     /// Adds one job: a single `XADD`.
     pub async fn enqueue(&self, payload: &str) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
         let _: Value = redis::cmd("XADD")
-            .arg(&self.inner.stream)
+            .arg(&self.inner.pick().stream)
             .arg("*")
             .arg("p")
             .arg(payload)
@@ -174,20 +228,26 @@ impl Queue {
         Ok(())
     }
 
-    /// Adds many jobs in one pipelined round trip (per 5,000 jobs).
+    /// Adds many jobs in one pipelined round trip per 5,000 jobs and shard (a pipeline keeps
+    /// to one cluster slot), spread round-robin over the shards.
     pub async fn enqueue_many(&self, payloads: &[String]) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
+        let n = self.inner.shards.len();
         for chunk in payloads.chunks(ENQUEUE_CHUNK) {
-            let mut pipe = redis::pipe();
-            for payload in chunk {
-                pipe.cmd("XADD")
-                    .arg(&self.inner.stream)
-                    .arg("*")
-                    .arg("p")
-                    .arg(payload)
-                    .ignore();
+            let first = self.inner.next.fetch_add(chunk.len(), Ordering::Relaxed);
+            for k in 0..n.min(chunk.len()) {
+                let stream = &self.inner.shards[(first + k) % n].stream;
+                let mut pipe = redis::pipe();
+                for payload in chunk.iter().skip(k).step_by(n) {
+                    pipe.cmd("XADD")
+                        .arg(stream)
+                        .arg("*")
+                        .arg("p")
+                        .arg(payload)
+                        .ignore();
+                }
+                let () = pipe.query_async(&mut conn).await?;
             }
-            let () = pipe.query_async(&mut conn).await?;
         }
         Ok(())
     }
@@ -198,7 +258,7 @@ impl Queue {
         let member = format!("{}{}{payload}", uuid::Uuid::now_v7(), scripts::MEMBER_SEP);
         let mut conn = self.conn.clone();
         let _: i64 = scripts::ENQUEUE_AFTER
-            .key(&self.inner.delayed)
+            .key(&self.inner.pick().delayed)
             .arg(duration_ms(delay))
             .arg(member)
             .invoke_async(&mut conn)
@@ -206,41 +266,66 @@ impl Queue {
         Ok(())
     }
 
-    /// Moves up to `max` due delayed jobs into the stream, atomically; returns how many moved.
+    /// Moves up to `max` due delayed jobs into the stream, atomically per shard; returns how
+    /// many moved.
     pub async fn promote_due(&self, max: usize) -> Result<usize, QueueError> {
-        Ok(self.promote(max).await?.0)
+        let mut moved = 0;
+        for k in 0..self.inner.shards.len() {
+            moved += self.promote(k, max).await?.0;
+        }
+        Ok(moved)
     }
 
-    /// Like `promote_due`, also returning ms until the next delayed job is due (`None`: none left).
-    pub(crate) async fn promote(&self, max: usize) -> Result<(usize, Option<u64>), QueueError> {
+    /// Like `promote_due` on one shard, also returning ms until its next delayed job is due
+    /// (`None`: none left).
+    pub(crate) async fn promote(
+        &self,
+        shard: usize,
+        max: usize,
+    ) -> Result<(usize, Option<u64>), QueueError> {
         if max == 0 {
             return Ok((0, None));
         }
+        let s = &self.inner.shards[shard];
         let mut conn = self.conn.clone();
         let (moved, wait): (usize, i64) = scripts::PROMOTE_DUE
-            .key(&self.inner.delayed)
-            .key(&self.inner.stream)
+            .key(&s.delayed)
+            .key(&s.stream)
             .arg(max)
             .invoke_async(&mut conn)
             .await?;
         Ok((moved, u64::try_from(wait).ok()))
     }
 
-    /// Ready, pending, delayed and dead counts in one pipelined round trip.
+    /// Ready, pending, delayed and dead counts, summed over the shards (one pipelined round
+    /// trip per shard).
     pub async fn depth(&self) -> Result<QueueDepth, QueueError> {
+        let mut total = QueueDepth::default();
+        for k in 0..self.inner.shards.len() {
+            let d = self.shard_depth(k).await?;
+            total.ready += d.ready;
+            total.pending += d.pending;
+            total.delayed += d.delayed;
+            total.dead += d.dead;
+        }
+        Ok(total)
+    }
+
+    async fn shard_depth(&self, shard: usize) -> Result<QueueDepth, QueueError> {
+        let s = &self.inner.shards[shard];
         let (len, pending, delayed, dead): (u64, Value, u64, u64) = self
-            .retry_missing_group(|| async {
+            .retry_missing_group(shard, || async {
                 let mut conn = self.conn.clone();
                 redis::pipe()
                     .cmd("XLEN")
-                    .arg(&self.inner.stream)
+                    .arg(&s.stream)
                     .cmd("XPENDING")
-                    .arg(&self.inner.stream)
+                    .arg(&s.stream)
                     .arg(&self.inner.config.group)
                     .cmd("ZCARD")
-                    .arg(&self.inner.delayed)
+                    .arg(&s.delayed)
                     .cmd("XLEN")
-                    .arg(&self.inner.dead)
+                    .arg(&s.dead)
                     .query_async(&mut conn)
                     .await
             })
@@ -266,7 +351,7 @@ impl Queue {
         Consumer::new(self.clone(), name.into())
     }
 
-    pub(crate) fn conn(&self) -> ConnectionManager {
+    pub(crate) fn conn(&self) -> RedisConn {
         self.conn.clone()
     }
 
@@ -274,25 +359,28 @@ impl Queue {
         &self.inner
     }
 
-    pub(crate) fn client(&self) -> Option<&redis::Client> {
-        self.client.as_ref()
+    pub(crate) fn blocking_url(&self) -> Option<&str> {
+        self.blocking_url.as_deref()
     }
 
-    /// Creates the group once per queue handle, before its first read.
+    /// Creates the groups once per queue handle, before its first read.
     pub(crate) async fn ensure_group_once(&self) -> Result<(), QueueError> {
-        if self.inner.group_ready.load(Ordering::Relaxed) {
-            return Ok(());
+        for (k, s) in self.inner.shards.iter().enumerate() {
+            if !s.group_ready.load(Ordering::Relaxed) {
+                self.ensure_group(k).await?;
+            }
         }
-        self.ensure_group().await
+        Ok(())
     }
 
     /// `XGROUP CREATE stream group 0 MKSTREAM`; an existing group is fine. Id `0` so that
     /// jobs added after a Redis restart but before the group was recreated are delivered.
-    pub(crate) async fn ensure_group(&self) -> Result<(), QueueError> {
+    pub(crate) async fn ensure_group(&self, shard: usize) -> Result<(), QueueError> {
+        let s = &self.inner.shards[shard];
         let mut conn = self.conn.clone();
         let created: Result<Value, RedisError> = redis::cmd("XGROUP")
             .arg("CREATE")
-            .arg(&self.inner.stream)
+            .arg(&s.stream)
             .arg(&self.inner.config.group)
             .arg("0")
             .arg("MKSTREAM")
@@ -303,22 +391,27 @@ impl Queue {
             Err(e) if error_code_is(&e, "BUSYGROUP") => {}
             Err(e) => return Err(e.into()),
         }
-        self.inner.group_ready.store(true, Ordering::Relaxed);
+        s.group_ready.store(true, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Runs `op`; when the stream or group is missing (Redis restarted empty, key deleted),
-    /// recreates the group and runs `op` once more.
-    pub(crate) async fn retry_missing_group<T, F, Fut>(&self, mut op: F) -> Result<T, QueueError>
+    /// Runs `op`; when the shard's stream or group is missing (Redis restarted empty, key
+    /// deleted), recreates the group and runs `op` once more.
+    pub(crate) async fn retry_missing_group<T, F, Fut>(
+        &self,
+        shard: usize,
+        mut op: F,
+    ) -> Result<T, QueueError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, RedisError>>,
     {
         match op().await {
             Err(e) if is_missing_group(&e) => {
-                warn!(stream = %self.inner.stream, error = %e, "stream or group missing; recreating");
-                self.inner.group_ready.store(false, Ordering::Relaxed);
-                self.ensure_group().await?;
+                let s = &self.inner.shards[shard];
+                warn!(stream = %s.stream, error = %e, "stream or group missing; recreating");
+                s.group_ready.store(false, Ordering::Relaxed);
+                self.ensure_group(shard).await?;
                 Ok(op().await?)
             }
             other => Ok(other?),

@@ -11,7 +11,7 @@ use redis::{RedisError, Value};
 use tracing::{info, warn};
 
 use super::consumer::Delivery;
-use super::{duration_ms, scripts, Queue, QueueError};
+use super::{duration_ms, qualify, scripts, Queue, QueueError};
 
 /// A consumer with nothing pending, silent this long, is deleted from the group.
 const PRUNE_IDLE: Duration = Duration::from_secs(3_600);
@@ -20,14 +20,16 @@ const PRUNE_IDLE: Duration = Duration::from_secs(3_600);
 /// `max_deliveries`; returns the claimed ones with their new delivery count.
 pub(super) async fn reclaim(
     queue: &Queue,
+    shard: usize,
     me: &str,
     max: usize,
 ) -> Result<Vec<Delivery>, RedisError> {
     let inner = queue.inner();
     let config = &inner.config;
+    let s = &inner.shards[shard];
     let (claimed, dead): (Vec<(String, String, u64)>, u64) = scripts::RECLAIM
-        .key(&inner.stream)
-        .key(&inner.dead)
+        .key(&s.stream)
+        .key(&s.dead)
         .arg(&config.group)
         .arg(me)
         .arg(duration_ms(config.min_idle))
@@ -53,7 +55,7 @@ pub(super) async fn reclaim(
     Ok(claimed
         .into_iter()
         .map(|(id, payload, deliveries)| Delivery {
-            id,
+            id: qualify(shard, &id),
             payload,
             deliveries,
         })
@@ -62,12 +64,17 @@ pub(super) async fn reclaim(
 
 /// Deletes consumers other than `me` that own nothing and have been silent for an hour.
 /// Safe against a consumer that is merely quiet: its next read recreates it.
-pub(super) async fn prune_consumers(queue: &Queue, me: &str) -> Result<(), QueueError> {
+pub(super) async fn prune_consumers(
+    queue: &Queue,
+    shard: usize,
+    me: &str,
+) -> Result<(), QueueError> {
     let inner = queue.inner();
+    let stream = &inner.shards[shard].stream;
     let mut conn = queue.conn();
     let consumers: Vec<HashMap<String, Value>> = redis::cmd("XINFO")
         .arg("CONSUMERS")
-        .arg(&inner.stream)
+        .arg(stream)
         .arg(&inner.config.group)
         .query_async(&mut conn)
         .await?;
@@ -90,7 +97,7 @@ pub(super) async fn prune_consumers(queue: &Queue, me: &str) -> Result<(), Queue
         if name != me && int(c, "pending") == Some(0) && silent_ms >= duration_ms(PRUNE_IDLE) {
             let _: Value = redis::cmd("XGROUP")
                 .arg("DELCONSUMER")
-                .arg(&inner.stream)
+                .arg(stream)
                 .arg(&inner.config.group)
                 .arg(&name)
                 .query_async(&mut conn)

@@ -4,11 +4,10 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
 use redis::Value;
 
 use super::*;
-use crate::redis_conn::{self, Keys};
+use crate::redis_conn::{self, Keys, RedisConn};
 
 pub(super) fn redis_url() -> String {
     std::env::var("AGENTQ_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
@@ -18,7 +17,7 @@ pub(super) fn redis_url() -> String {
 pub(super) struct TestQueue {
     pub(super) queue: Queue,
     /// A separate connection for inspecting and sabotaging.
-    pub(super) admin: ConnectionManager,
+    pub(super) admin: RedisConn,
 }
 
 impl TestQueue {
@@ -69,11 +68,13 @@ impl TestQueue {
 
 impl Drop for TestQueue {
     fn drop(&mut self) {
-        let keys = [
-            self.queue.stream_key().to_owned(),
-            self.queue.delayed_key().to_owned(),
-            self.queue.dead_key().to_owned(),
-        ];
+        let keys: Vec<String> = self
+            .queue
+            .inner()
+            .shards
+            .iter()
+            .flat_map(|s| [s.stream.clone(), s.delayed.clone(), s.dead.clone()])
+            .collect();
         // Synchronous on purpose: runs even when the test's runtime is unwinding.
         let deleted = redis::Client::open(redis_url())
             .and_then(|c| c.get_connection())
@@ -398,7 +399,7 @@ async fn a_killed_connection_recovers_on_a_later_call() {
     let c = t.queue.consumer("c");
     assert!(c.fetch(1, Duration::ZERO).await.unwrap().is_empty());
 
-    let kill = |conn: ConnectionManager| {
+    let kill = |conn: RedisConn| {
         let admin = t.admin.clone();
         async move {
             let id: i64 = redis::cmd("CLIENT")
@@ -459,7 +460,7 @@ async fn pruning_keeps_consumers_that_were_seen_recently() {
         let got = c.fetch(1, Duration::ZERO).await.unwrap();
         c.ack(&[got[0].id.clone()]).await.unwrap();
     }
-    super::orphans::prune_consumers(&t.queue, "a")
+    super::orphans::prune_consumers(&t.queue, 0, "a")
         .await
         .unwrap();
     let mut conn = t.admin.clone();
@@ -471,4 +472,80 @@ async fn pruning_keeps_consumers_that_were_seen_recently() {
         .await
         .unwrap();
     assert_eq!(consumers.len(), 2, "b was silent for less than an hour");
+}
+
+#[tokio::test]
+async fn a_sharded_queue_spreads_jobs_over_its_shards_and_a_consumer_drains_them_all() {
+    let config = QueueConfig {
+        shards: 4,
+        ..TestQueue::fast_config()
+    };
+    let t = TestQueue::dedicated(config).await;
+    let shards: Vec<String> = t.queue.stream_keys().map(str::to_owned).collect();
+    assert_eq!(shards.len(), 4);
+    assert_eq!(
+        shards[0],
+        t.queue.stream_key(),
+        "shard 0 keeps the unsharded name"
+    );
+    assert!(shards[3].ends_with(":{jobs:3}:stream"), "{shards:?}");
+
+    t.queue.enqueue_many(&payloads(40)).await.unwrap();
+    for _ in 0..8 {
+        t.queue.enqueue("{}").await.unwrap();
+    }
+    for shard in &shards {
+        assert_eq!(t.xlen(shard).await, 12, "{shard}: round-robin");
+    }
+    for _ in 0..4 {
+        t.queue
+            .enqueue_after("{}", Duration::from_millis(1))
+            .await
+            .unwrap();
+    }
+    assert_eq!(t.queue.depth().await.unwrap().delayed, 4);
+
+    let c = t.queue.consumer("c");
+    let got = fetch_until(&c, 52, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 52);
+    let ids: Vec<String> = got.iter().map(|d| d.id.clone()).collect();
+    let unique: HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), 52, "each job once");
+    for k in 1..4 {
+        assert!(
+            ids.iter().any(|id| id.starts_with(&format!("{k}/"))),
+            "shard {k} delivered: {ids:?}"
+        );
+    }
+    assert_eq!(t.queue.depth().await.unwrap().pending, 52);
+
+    // Renewal and release find each entry's shard.
+    c.renew(&ids).await.unwrap();
+    assert_eq!(c.claim_own(&ids, 0).await.unwrap(), 52);
+    // Dead-lettering goes to the entry's own shard.
+    let from_3 = got.iter().find(|d| d.id.starts_with("3/")).unwrap();
+    c.dead_letter(from_3, "test").await.unwrap();
+    assert_eq!(t.xlen(&t.queue.inner().shards[3].dead).await, 1);
+    let rest: Vec<String> = ids.into_iter().filter(|id| *id != from_3.id).collect();
+    c.ack(&rest).await.unwrap();
+    assert_eq!(
+        t.queue.depth().await.unwrap(),
+        QueueDepth {
+            dead: 1,
+            ..QueueDepth::default()
+        }
+    );
+    // An id naming no shard is refused, not a panic.
+    assert!(c.ack(&["9/1-0".to_owned()]).await.is_err());
+}
+
+#[test]
+fn config_validation_refuses_zero_or_too_many_shards() {
+    for shards in [0, MAX_SHARDS + 1] {
+        let c = QueueConfig {
+            shards,
+            ..QueueConfig::default()
+        };
+        assert!(c.validate().is_err(), "{shards}");
+    }
 }

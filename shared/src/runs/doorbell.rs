@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::RedisConn;
 
 use crate::batch::{BatchError, Batcher};
 use crate::ids::RunId;
@@ -25,9 +25,10 @@ pub fn channel(keys: &Keys, run: RunId) -> String {
     keys.key("runs", &format!("steps:{run}"))
 }
 
-/// The key that says someone streams this run.
+/// The key that says someone streams this run; hash tag per run, so watch marks spread
+/// over a cluster's slots.
 pub fn watch_key(keys: &Keys, run: RunId) -> String {
-    keys.key("runs", &format!("watch:{run}"))
+    keys.key(&format!("run:{run}"), "watch")
 }
 
 /// The channel a run's model text deltas are published on (only while it is watched).
@@ -56,29 +57,25 @@ pub fn run_of(channel: &str) -> Option<RunId> {
 }
 
 /// Marks runs as watched (or renews the marks), in one round trip.
-pub async fn watch(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    runs: &[RunId],
-) -> redis::RedisResult<()> {
-    if runs.is_empty() {
-        return Ok(());
-    }
-    let mut pipe = redis::pipe();
-    for run in runs {
-        pipe.cmd("SET")
-            .arg(watch_key(keys, *run))
-            .arg(1)
-            .arg("EX")
-            .arg(WATCH_TTL.as_secs())
-            .ignore();
-    }
-    pipe.query_async(conn).await
+pub async fn watch(conn: &mut RedisConn, keys: &Keys, runs: &[RunId]) -> redis::RedisResult<()> {
+    let cmds = runs
+        .iter()
+        .map(|run| {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(watch_key(keys, *run))
+                .arg(1)
+                .arg("EX")
+                .arg(WATCH_TTL.as_secs());
+            cmd
+        })
+        .collect();
+    conn.exec_spread(cmds).await
 }
 
-/// Rings the bells of those of `runs` that someone watches: one `MGET`, then the publishes.
+/// Rings the bells of those of `runs` that someone watches: one `MGET` (split by slot on a
+/// cluster), then the publishes.
 pub async fn ring_watched(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     keys: &Keys,
     runs: &[RunId],
 ) -> redis::RedisResult<usize> {
@@ -98,14 +95,15 @@ pub async fn ring_watched(
     if watched.is_empty() {
         return Ok(0);
     }
-    let mut pipe = redis::pipe();
-    for run in &watched {
-        pipe.cmd("PUBLISH")
-            .arg(channel(keys, *run))
-            .arg("1")
-            .ignore();
-    }
-    pipe.query_async::<()>(conn).await?;
+    let cmds = watched
+        .iter()
+        .map(|run| {
+            let mut cmd = redis::cmd("PUBLISH");
+            cmd.arg(channel(keys, *run)).arg("1");
+            cmd
+        })
+        .collect();
+    conn.exec_spread(cmds).await?;
     Ok(watched.len())
 }
 
@@ -117,7 +115,7 @@ pub struct Doorbell {
 
 impl Doorbell {
     /// Starts the ringer on `conn`.
-    pub fn new(conn: ConnectionManager, keys: Keys) -> Self {
+    pub fn new(conn: RedisConn, keys: Keys) -> Self {
         let batcher = Batcher::spawn("doorbell", 1, 4096, move |mut runs: Vec<RunId>| {
             let (mut conn, keys) = (conn.clone(), keys.clone());
             async move {

@@ -3,6 +3,7 @@
 //! multi-process tests, and HTTP helpers. Nothing of ours is mocked.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod cluster;
 pub mod mcp;
 pub mod procs;
 pub mod proxy;
@@ -20,6 +21,7 @@ use agentq_shared::audit::{Actor, RequestMeta};
 use agentq_shared::config::StoreConfig;
 use agentq_shared::ids::TeamId;
 use agentq_shared::keys::{self, KeySpec, Lifetime};
+use agentq_shared::redis_conn::RedisTarget;
 use agentq_shared::scopes::ScopeSet;
 
 pub fn pg_base() -> String {
@@ -268,6 +270,23 @@ pub fn assert_envelope(status: StatusCode, body: &Value, want_status: u16, want_
 pub fn cleanup_redis_prefix(prefix: &str) {
     let prefix = prefix.to_owned();
     let _ = std::thread::spawn(move || {
+        if let Ok(RedisTarget::Cluster(nodes)) = RedisTarget::parse(&redis_url()) {
+            // KEYS runs on every master (the cluster client fans it out), DEL per key slot.
+            let Ok(client) = redis::cluster::ClusterClient::new(nodes) else {
+                return;
+            };
+            let Ok(mut conn) = client.get_connection() else {
+                return;
+            };
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{prefix}:*"))
+                .query(&mut conn)
+                .unwrap_or_default();
+            for k in keys {
+                let _: Result<(), _> = redis::cmd("DEL").arg(k).query(&mut conn);
+            }
+            return;
+        }
         let Ok(client) = redis::Client::open(redis_url()) else {
             return;
         };

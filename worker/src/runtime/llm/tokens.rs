@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
+use agentq_shared::redis_conn::RedisConn;
 
 use agentq_shared::ids::RunId;
 use agentq_shared::redis_conn::Keys;
@@ -19,7 +19,7 @@ const RECHECK: Duration = Duration::from_secs(1);
 
 /// Publishes a run's deltas while it is watched.
 pub(super) struct Publisher {
-    redis: ConnectionManager,
+    redis: RedisConn,
     keys: Keys,
     run: RunId,
     /// When the watch mark was last found missing.
