@@ -21,10 +21,28 @@ pub fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().expect("agentq runs")
 }
 
-/// A free local port (bound and released; good enough for tests on one machine).
+/// A free local port for a child to listen on. It comes from 20000-32767, below Linux's
+/// ephemeral range (32768-60999), so no outgoing connection (the tests run many at once) can
+/// take it as its local end before the child binds; a port is handed out once per process,
+/// and only when a bind on it succeeds.
 pub fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let handed_out = handed_out.get_or_insert_with(HashSet::new);
+    loop {
+        // RandomState is seeded afresh each time: a random number without a crate.
+        let random = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0u8);
+        let port = 20000 + (random % 12768) as u16;
+        if handed_out.contains(&port) {
+            continue;
+        }
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            handed_out.insert(port);
+            return l.local_addr().unwrap();
+        }
+    }
 }
 
 /// A long-running `agentq` child, killed (SIGKILL) on drop.
