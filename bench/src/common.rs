@@ -43,6 +43,22 @@ pub(crate) async fn wait_for<T, F, Fut>(
     stack: &mut Stack,
     label: &str,
     stall: Duration,
+    probe: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<(Option<T>, i64, String)>>,
+{
+    wait_for_every(stack, label, stall, Duration::from_millis(200), probe).await
+}
+
+/// [`wait_for`], polling every `every` (a probe that costs the system under test work, such as
+/// a count over a big table, is polled less often).
+pub(crate) async fn wait_for_every<T, F, Fut>(
+    stack: &mut Stack,
+    label: &str,
+    stall: Duration,
+    every: Duration,
     mut probe: F,
 ) -> anyhow::Result<T>
 where
@@ -75,7 +91,7 @@ where
                 started.elapsed().as_secs_f64()
             );
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(every).await;
     }
 }
 

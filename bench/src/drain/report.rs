@@ -93,7 +93,7 @@ fn print_phases(args: &Args, setup: &Setup, base: &Baselines, backlog: &Backlog,
         println!("{label}: top Redis commands per run: {}", top.join(", "));
     }
     println!(
-        "drain: most runs running at once per agent, sampled every 20 ms ({} samples): {}",
+        "drain: most runs running at once per agent, sampled every 50 ms ({} samples): {}",
         drain.sampled.samples,
         per_agent(drain)
     );
@@ -172,7 +172,7 @@ fn print_table(
         drain.runs_per_s, base.redis.pairs_per_s, ratio(drain.runs_per_s, base.redis.pairs_per_s)
     );
     println!(
-        "| max running per agent (sampled every 20 ms) | {} | limit {} | - |",
+        "| max running per agent (sampled every 50 ms) | {} | limit {} | - |",
         drain.sampled.max_running(),
         setup.limit
     );
