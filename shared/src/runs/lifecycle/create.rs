@@ -21,7 +21,7 @@ use crate::ids::{AgentId, RunId, TeamId};
 use crate::queue::Queue;
 use crate::queues::Queues;
 use crate::runs::{Run, RunJob, RUN_COLUMNS};
-use crate::webhooks::{self, NewEvent, Outbox};
+use crate::webhooks::{self, Outbox};
 
 crate::text_enum! {
     /// What started a run.
@@ -254,7 +254,6 @@ async fn insert(
     let earlier = earlier_runs(&mut tx, &missing_keys).await?;
     let mut results = Vec::with_capacity(batch.len());
     let mut audits = Vec::new();
-    let mut events = Vec::new();
     for ((new, id), trigger) in batch.iter().zip(&ids).zip(&triggers) {
         if let Some(run) = by_id.remove(id) {
             if let Some(a) = &new.audit {
@@ -271,7 +270,6 @@ async fn insert(
                     details: serde_json::json!({"agent_id": new.agent_id, "trigger": trigger}),
                 });
             }
-            events.push(NewEvent::of_run("run.queued", &run));
             results.push(Ok(Created::New(run)));
             continue;
         }
@@ -287,7 +285,14 @@ async fn insert(
         });
     }
     audit::record_many(&mut *tx, &audits).await?;
-    let outbox = webhooks::emit_events(&mut tx, &events).await?;
+    let created: Vec<&Run> = results
+        .iter()
+        .filter_map(|r| match r {
+            Ok(Created::New(run)) => Some(run),
+            _ => None,
+        })
+        .collect();
+    let outbox = webhooks::emit_run_events(&mut tx, &created, |_| "run.queued").await?;
     tx.commit().await?;
     Ok((results, outbox))
 }

@@ -17,7 +17,7 @@ use crate::batch::BatchError;
 use crate::ids::{AgentId, RunId};
 use crate::queues::Queues;
 use crate::runs::{Run, RunJob, RUN_COLUMNS};
-use crate::webhooks::{self, NewEvent, Outbox};
+use crate::webhooks::{self, Outbox};
 
 /// How a run ends.
 #[derive(Clone, Debug)]
@@ -218,11 +218,7 @@ pub async fn end_in(
         .bind(&output_tokens)
         .fetch_all(&mut *conn)
         .await?;
-    let events: Vec<NewEvent> = ended
-        .iter()
-        .map(|r| NewEvent::of_run(event_type(r.status), r))
-        .collect();
-    let outbox = webhooks::emit_events(conn, &events).await?;
+    let outbox = webhooks::emit_run_events(conn, &ended, |r| event_type(r.status)).await?;
     // Counted when the ending statement returns (every path ends runs here); a transaction
     // that then rolls back is rare enough not to pay a hook per commit.
     crate::metrics::runs_ended(ended.iter().map(|r| r.status));

@@ -21,7 +21,7 @@ use crate::batch::BatchError;
 use crate::ids::{AgentId, RunId};
 use crate::queues::Queues;
 use crate::runs::{Run, RUN_COLUMNS};
-use crate::webhooks::{self, NewEvent};
+use crate::webhooks;
 
 /// What happened when a worker tried to start a run.
 #[derive(Clone, Debug)]
@@ -141,11 +141,7 @@ pub(super) async fn start_batch(
         outcome.insert(run.id, o);
     }
     let started = apply(&mut tx, &plan).await?;
-    let events: Vec<NewEvent> = started
-        .iter()
-        .map(|r| NewEvent::of_run("run.started", r))
-        .collect();
-    let mut outbox = webhooks::emit_events(&mut tx, &events).await?;
+    let mut outbox = webhooks::emit_run_events(&mut tx, &started, |_| "run.started").await?;
     if !plan.orphaned.is_empty() {
         let endings: Vec<Ending> = plan
             .orphaned
