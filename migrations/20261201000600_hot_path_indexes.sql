@@ -11,7 +11,14 @@ CREATE INDEX runs_parked_idx ON runs (agent_id, id) WHERE parked AND status = 'q
 DROP INDEX runs_held_idx;
 CREATE INDEX runs_held_idx ON runs (agent_id, id) WHERE held AND status = 'queued';
 
--- 2. History rows written with every run drop the foreign keys on the team and agent they
+-- 2. Idempotency keys are unique per team where there is one: most runs have none, and a
+--    NULL key still cost an entry in the unique index on the insert and on each of the run's
+--    (non-HOT) status updates. create.rs's ON CONFLICT names the index's predicate.
+ALTER TABLE runs DROP CONSTRAINT runs_team_idempotency_key;
+CREATE UNIQUE INDEX runs_team_idempotency_key ON runs (team_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+
+-- 3. History rows written with every run drop the foreign keys on the team and agent they
 --    copy from their run. Those columns are filled from the run's row in the statement that
 --    writes them (run_steps also keeps its key to runs, whose row has both keys), so the
 --    checks proved nothing new; but each was a query per row plus a KEY SHARE lock on the

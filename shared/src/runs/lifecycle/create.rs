@@ -339,7 +339,7 @@ async fn insert_runs(
               WITH ORDINALITY AS d(id, team_id, agent_id, kind, trigger, input, key, hash, traceparent, ord)
          JOIN agents a ON a.id = d.agent_id AND a.team_id = d.team_id AND a.deleted_at IS NULL
          ORDER BY d.ord
-         ON CONFLICT ON CONSTRAINT runs_team_idempotency_key DO NOTHING
+         ON CONFLICT (team_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
          RETURNING {RUN_COLUMNS}"
     ))
     .bind(ids)
