@@ -249,11 +249,19 @@ pub async fn release_slots(
         return Ok(Vec::new());
     }
     let (agents, counts): (Vec<AgentId>, Vec<i32>) = freed.iter().copied().unzip();
+    // The locks are taken by a statement of their own. Taken in a CTE of the UPDATE, a row
+    // that a concurrent batch had updated after the statement's snapshot was locked by the
+    // CTE and then re-checked by the UPDATE (EvalPlanQual), which queues for the tuple lock
+    // that a start batch waiting for this very transaction holds: Postgres reported a
+    // deadlock (and waited deadlock_timeout first) many times a second under a steady load.
+    sqlx::query("SELECT 1 FROM agents WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
+        .bind(&agents)
+        .execute(&mut *conn)
+        .await?;
     sqlx::query(
-        "WITH l AS (SELECT id FROM agents WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE)
-         UPDATE agents a SET running_runs = greatest(a.running_runs - f.n, 0)
-         FROM unnest($1::uuid[], $2::int[]) AS f(id, n), l
-         WHERE a.id = f.id AND l.id = f.id",
+        "UPDATE agents a SET running_runs = greatest(a.running_runs - f.n, 0)
+         FROM unnest($1::uuid[], $2::int[]) AS f(id, n)
+         WHERE a.id = f.id",
     )
     .bind(&agents)
     .bind(&counts)
