@@ -97,6 +97,9 @@ pub enum WorkerError {
     /// The HTTP client could not be built.
     #[error("http client: {0}")]
     Http(#[from] reqwest::Error),
+    /// The TLS settings of the agent client could not be built.
+    #[error("tls: {0}")]
+    Tls(String),
 }
 
 /// Connects to the stores and runs until `shutdown` resolves (then drains in-flight jobs),

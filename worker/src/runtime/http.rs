@@ -14,7 +14,18 @@ use agentq_shared::agents::config::{self, HttpConfig, ScriptStep};
 use agentq_shared::signing;
 
 use super::{action_of, Action, Progress, Runtime, RuntimeError};
+use crate::net::wire::WireError;
 use crate::net::SafeClient;
+
+const USER_AGENT: &str = concat!("agentq/", env!("CARGO_PKG_VERSION"));
+
+/// A status as reqwest printed it ("404 Not Found"), so stored errors keep their shape.
+fn status_text(code: u16) -> String {
+    match reqwest::StatusCode::from_u16(code) {
+        Ok(s) => s.to_string(),
+        Err(_) => code.to_string(),
+    }
+}
 
 /// Largest answer read from an agent.
 const MAX_ANSWER: usize = 1024 * 1024;
@@ -86,57 +97,53 @@ impl HttpAgent {
             .map_err(|e| CallError::Permanent(e.to_string()))?;
         let sig = signing::sign(&secret, &msg_id, ts, body)
             .map_err(|e| CallError::Permanent(e.to_string()))?;
-        let resp = self
-            .client
-            .http
-            .post(url)
-            .timeout(Duration::from_secs(self.config.timeout_seconds))
-            .header("content-type", "application/json")
-            .header("webhook-id", &msg_id)
-            .header("webhook-timestamp", ts.to_string())
-            .header("webhook-signature", sig)
-            .body(body.to_vec())
-            .send()
-            .await
-            .map_err(|e| {
-                let chain = crate::net::error_chain(&e);
-                if chain.contains("private, loopback or link-local") {
-                    CallError::Permanent(format!(
-                        "http agent url {}",
-                        agentq_shared::net::UrlError::Private
-                    ))
-                } else if e.is_timeout() {
-                    CallError::Transient(format!(
-                        "timed out after {} s",
-                        self.config.timeout_seconds
-                    ))
-                } else {
-                    CallError::Transient(format!("request failed: {chain}"))
-                }
-            })?;
-        let status = resp.status();
-        if status.is_server_error() || status.as_u16() == 429 {
-            return Err(CallError::Transient(format!("answered {status}")));
-        }
-        if !status.is_success() {
-            return Err(CallError::Permanent(format!(
-                "http agent answered {status}"
-            )));
-        }
-        let mut bytes = Vec::new();
-        let mut resp = resp;
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| CallError::Transient(format!("reading the answer failed: {e}")))?
-        {
-            if bytes.len() + chunk.len() > MAX_ANSWER {
+        let ts = ts.to_string();
+        let headers = [
+            ("content-type", "application/json"),
+            ("user-agent", USER_AGENT),
+            ("webhook-id", msg_id.as_str()),
+            ("webhook-timestamp", ts.as_str()),
+            ("webhook-signature", sig.as_str()),
+        ];
+        let limit = Duration::from_secs(self.config.timeout_seconds);
+        let call = self.client.wire.post(&url, &headers, body, MAX_ANSWER);
+        let answer = match tokio::time::timeout(limit, call).await {
+            Err(_) => {
+                return Err(CallError::Transient(format!(
+                    "timed out after {} s",
+                    self.config.timeout_seconds
+                )))
+            }
+            Ok(Err(WireError::Private)) => {
+                return Err(CallError::Permanent(format!(
+                    "http agent url {}",
+                    agentq_shared::net::UrlError::Private
+                )))
+            }
+            Ok(Err(WireError::TooLarge(_))) => {
                 return Err(CallError::Permanent(
                     "http agent answer is larger than 1 MiB".into(),
-                ));
+                ))
             }
-            bytes.extend_from_slice(&chunk);
+            Ok(Err(WireError::Failed(e))) => {
+                return Err(CallError::Transient(format!("request failed: {e}")))
+            }
+            Ok(Ok(a)) => a,
+        };
+        let status = answer.status;
+        if status >= 500 || status == 429 {
+            return Err(CallError::Transient(format!(
+                "answered {}",
+                status_text(status)
+            )));
         }
+        if !(200..300).contains(&status) {
+            return Err(CallError::Permanent(format!(
+                "http agent answered {}",
+                status_text(status)
+            )));
+        }
+        let bytes = answer.body;
         serde_json::from_slice(&bytes).map_err(|e| {
             CallError::Permanent(format!(
                 "http agent answered with an invalid body: not JSON ({e})"

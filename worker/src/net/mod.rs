@@ -10,6 +10,8 @@ use std::time::Duration;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 use agentq_shared::crypto::Keyring;
+
+pub(crate) mod wire;
 use agentq_shared::net::{is_public, validate_destination, UrlError};
 
 /// A client plus the policy it enforces, and the keyring that unseals the secrets its
@@ -17,6 +19,8 @@ use agentq_shared::net::{is_public, validate_destination, UrlError};
 #[derive(Clone)]
 pub(crate) struct SafeClient {
     pub(crate) http: reqwest::Client,
+    /// The lean client `http` agents are called with (see [`wire`]).
+    pub(crate) wire: Arc<wire::Wire>,
     allow_private: bool,
     pub(crate) keyring: Arc<Keyring>,
 }
@@ -39,7 +43,7 @@ impl Resolve for PublicOnly {
 
 impl SafeClient {
     /// Builds the client; `allow_private` lifts the address policy (tests, private deployments).
-    pub(crate) fn new(allow_private: bool, keyring: Keyring) -> Result<Self, reqwest::Error> {
+    pub(crate) fn new(allow_private: bool, keyring: Keyring) -> Result<Self, crate::WorkerError> {
         let mut b = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(5))
@@ -50,6 +54,7 @@ impl SafeClient {
         }
         Ok(Self {
             http: b.build()?,
+            wire: Arc::new(wire::Wire::new(allow_private).map_err(crate::WorkerError::Tls)?),
             allow_private,
             keyring: Arc::new(keyring),
         })
