@@ -167,6 +167,17 @@ pub async fn emit_run_events<R: std::borrow::Borrow<crate::runs::Run>>(
         return Ok(Outbox::default());
     }
     let subs = Subscriptions::load(&mut *conn, runs.iter().map(|r| r.borrow().team_id)).await?;
+    emit_run_events_for(conn, &subs, runs, kind).await
+}
+
+/// [`emit_run_events`] with the subscriptions read beforehand (by a batch that reads them
+/// before it takes locks, so as not to hold them for that read).
+pub async fn emit_run_events_for<R: std::borrow::Borrow<crate::runs::Run>>(
+    conn: &mut sqlx::PgConnection,
+    subs: &Subscriptions,
+    runs: &[R],
+    kind: impl Fn(&crate::runs::Run) -> &'static str,
+) -> Result<Outbox, sqlx::Error> {
     let events: Vec<NewEvent> = runs
         .iter()
         .map(|r| r.borrow())

@@ -258,17 +258,30 @@ pub async fn release_slots(
         .bind(&agents)
         .execute(&mut *conn)
         .await?;
-    sqlx::query(
-        "UPDATE agents a SET running_runs = greatest(a.running_runs - f.n, 0)
-         FROM unnest($1::uuid[], $2::int[]) AS f(id, n)
-         WHERE a.id = f.id",
-    )
+    // The counters and the unpark in one statement, after the locks: a new snapshot, which
+    // sees the parks that committed while this transaction waited for them.
+    sqlx::query_as(&format!(
+        "WITH c AS (
+            UPDATE agents a SET running_runs = greatest(a.running_runs - f.n, 0)
+            FROM unnest($1::uuid[], $2::int[]) AS f(id, n)
+            WHERE a.id = f.id
+         )
+         {UNPARK}"
+    ))
     .bind(&agents)
     .bind(&counts)
-    .execute(&mut *conn)
-    .await?;
-    unpark(conn, freed).await
+    .fetch_all(conn)
+    .await
 }
+
+/// Unparks up to `$2[i]` of agent `$1[i]`'s oldest parked runs; their jobs.
+const UNPARK: &str = "UPDATE runs SET parked = false, queued_at = now()
+     WHERE id IN (
+        SELECT p.id FROM unnest($1::uuid[], $2::int[]) AS f(agent_id, n),
+             LATERAL (SELECT id FROM runs
+                      WHERE agent_id = f.agent_id AND parked AND status = 'queued' AND NOT held
+                      ORDER BY id LIMIT greatest(f.n, 0) FOR UPDATE SKIP LOCKED) AS p)
+     RETURNING id AS run_id, traceparent";
 
 /// Unparks up to `n` of each agent's oldest parked runs (a new statement, so it sees parks
 /// that committed while this transaction waited for the agent's lock).
@@ -277,17 +290,9 @@ pub(super) async fn unpark(
     slots: &[(AgentId, i32)],
 ) -> Result<Vec<RunJob>, sqlx::Error> {
     let (agents, counts): (Vec<AgentId>, Vec<i32>) = slots.iter().copied().unzip();
-    sqlx::query_as(
-        "UPDATE runs SET parked = false, queued_at = now()
-         WHERE id IN (
-            SELECT p.id FROM unnest($1::uuid[], $2::int[]) AS f(agent_id, n),
-                 LATERAL (SELECT id FROM runs
-                          WHERE agent_id = f.agent_id AND parked AND status = 'queued' AND NOT held
-                          ORDER BY id LIMIT greatest(f.n, 0) FOR UPDATE SKIP LOCKED) AS p)
-         RETURNING id AS run_id, traceparent",
-    )
-    .bind(&agents)
-    .bind(&counts)
-    .fetch_all(conn)
-    .await
+    sqlx::query_as(UNPARK)
+        .bind(&agents)
+        .bind(&counts)
+        .fetch_all(conn)
+        .await
 }

@@ -104,6 +104,10 @@ pub(super) async fn start_batch(
         .collect();
     agent_ids.sort();
     agent_ids.dedup();
+    // Who takes `run.started` is read before the agents are locked, so that the locks (which
+    // every start and finish batch of these agents queues for) are held for the update and
+    // the commit only.
+    let subs = webhooks::Subscriptions::load(&mut tx, runs.iter().map(|r| r.team_id)).await?;
     let mut slots = lock_slots(&mut tx, &agent_ids).await?;
     let shared: HashMap<AgentId, std::sync::Arc<Agent>> = slots
         .iter()
@@ -141,7 +145,8 @@ pub(super) async fn start_batch(
         outcome.insert(run.id, o);
     }
     let started = apply(&mut tx, &plan).await?;
-    let mut outbox = webhooks::emit_run_events(&mut tx, &started, |_| "run.started").await?;
+    let mut outbox =
+        webhooks::emit_run_events_for(&mut tx, &subs, &started, |_| "run.started").await?;
     if !plan.orphaned.is_empty() {
         let endings: Vec<Ending> = plan
             .orphaned
