@@ -60,6 +60,10 @@ pub(crate) struct Args {
     /// Offered runs per second in the steady phase (open loop).
     #[arg(long, default_value_t = 200.0, value_parser = positive_rate)]
     rate: f64,
+    /// Offered signals per second in the open-loop signals phase (after the closed-loop
+    /// one, to the same paused agent, for `--seconds`).
+    #[arg(long, default_value_t = 1000.0, value_parser = positive_rate)]
+    signals_rate: f64,
     /// `agentq worker` processes (each with AGENTQ_WORKER_CONCURRENCY=1024).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=32))]
     workers: u64,
@@ -506,6 +510,19 @@ pub(crate) async fn run(stack: &mut Stack, args: &Args) -> anyhow::Result<()> {
         &api.signal_request(&signals_agent),
     )
     .await;
+    // The same at a fixed offered rate: the latency a client sees when the API is not
+    // driven as hard as it goes.
+    eprintln!(
+        "[runs] signals: {} signals/s for {} s (open loop)",
+        args.signals_rate, args.seconds
+    );
+    let signals_open = load::open_loop(
+        &api.client,
+        args.signals_rate,
+        phase_time,
+        &api.signal_request(&signals_agent),
+    )
+    .await;
     let (signal_runs, signal_held) = db.held(&signals_agent).await?;
 
     // 2. Burst.
@@ -668,8 +685,10 @@ pub(crate) async fn run(stack: &mut Stack, args: &Args) -> anyhow::Result<()> {
         }
     );
 
+    let open_label = format!("POST signals, {}/s (open loop)", args.signals_rate);
     let phases = [
         ("POST signals (agent paused)", &signals),
+        (open_label.as_str(), &signals_open),
         ("POST runs, burst", &burst_accept),
         ("POST runs, steady (open loop)", &steady),
     ];
@@ -892,6 +911,7 @@ pub(crate) async fn run(stack: &mut Stack, args: &Args) -> anyhow::Result<()> {
         },
         "signals": {
             "accept": signals.to_json(),
+            "open_loop": {"offered_rate": args.signals_rate, "accept": signals_open.to_json()},
             "runs_recorded": signal_runs,
             "held": signal_held,
         },

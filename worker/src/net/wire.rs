@@ -13,17 +13,21 @@
 //! headers with `httparse` (the parser hyper uses), then a body framed by `Content-Length`,
 //! `Transfer-Encoding: chunked`, or the end of the connection, up to a size limit. https goes
 //! through rustls with the webpki roots (what reqwest's `rustls-tls` used). Connections that
-//! end a response cleanly are kept for reuse (at most [`IDLE_PER_ORIGIN`] per origin, for
-//! [`IDLE_FOR`]); a reused connection that fails before any byte of an answer is replaced by a
-//! fresh one, once. Redirects are not followed. The destination policy is the worker's: unless
-//! private networks are allowed, only public addresses are connected to, checked on the
-//! resolved addresses.
+//! end an answer cleanly are kept for reuse (at most [`IDLE_PER_ORIGIN`] per origin and
+//! [`IDLE_TOTAL`] in all, for [`IDLE_FOR`]); a kept connection is checked before reuse (the
+//! server may have closed it), and one the request could not even be written to is replaced
+//! by a fresh one, once. Redirects are not followed. What a server sends is bounded: the head
+//! ([`MAX_HEAD`]), chunk lines, interim answers ([`MAX_INTERIM`]) and the body (the caller's
+//! limit); memory follows the bytes that arrive, not the lengths announced. The destination
+//! policy is the worker's: unless private networks are allowed, only public addresses are
+//! connected to, checked on the resolved addresses.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Buf;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use url::{Host, Url};
@@ -34,6 +38,8 @@ use agentq_shared::net::is_public;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle connections kept per origin.
 const IDLE_PER_ORIGIN: usize = 64;
+/// Idle connections kept in all.
+const IDLE_TOTAL: usize = 1024;
 /// How long an idle connection is kept.
 const IDLE_FOR: Duration = Duration::from_secs(30);
 /// What the read buffer starts with: enough for a usual answer's head.
@@ -42,6 +48,12 @@ const READ_CHUNK: usize = 1024;
 const MAX_HEAD: usize = 64 * 1024;
 /// Headers parsed at most.
 const MAX_HEADERS: usize = 64;
+/// Interim (1xx) answers accepted before the answer.
+const MAX_INTERIM: usize = 8;
+/// Longest chunk-size or trailer line.
+const MAX_LINE: usize = 4096;
+/// What a body buffer reserves up front at most, whatever length is announced.
+const BODY_RESERVE: usize = 8 * 1024;
 
 /// A byte stream to an origin: TCP, or TLS over TCP.
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -108,9 +120,9 @@ impl Wire {
         })
     }
 
-    /// POSTs `body` to `url` with `headers` (besides Host, Content-Length and Connection) and
-    /// reads the answer, refusing a body larger than `max_body`. Time limits other than the
-    /// connect timeout are the caller's.
+    /// POSTs `body` to `url` with `headers` (besides Host and Content-Length) and reads the
+    /// answer, refusing a body larger than `max_body`. Time limits other than the connect
+    /// timeout are the caller's.
     pub(crate) async fn post(
         &self,
         url: &Url,
@@ -119,47 +131,72 @@ impl Wire {
         max_body: usize,
     ) -> Result<Answer, WireError> {
         let origin = origin_of(url)?;
-        let request = request_bytes(url, &origin, headers, body);
+        let head = request_head(url, &origin, headers, body.len());
         if let Some(io) = self.take_idle(&origin) {
-            match exchange(io, &request, max_body).await {
+            match exchange(io, &head, body, max_body).await {
                 Ok((answer, io)) => {
                     self.keep(origin, io);
                     return Ok(answer);
                 }
-                // A kept connection the server closed meanwhile: try a fresh one.
-                Err(Exchange::BeforeAnswer(_)) => {}
-                Err(Exchange::After(e)) => return Err(e),
+                // Not a byte of it was written (the server closed the connection since the
+                // check): a fresh connection may carry it.
+                Err(Exchange::Unsent(_)) => {}
+                Err(Exchange::Sent(e)) => return Err(e),
             }
         }
         let io = self.connect(&origin).await?;
-        match exchange(io, &request, max_body).await {
+        match exchange(io, &head, body, max_body).await {
             Ok((answer, io)) => {
                 self.keep(origin, io);
                 Ok(answer)
             }
-            Err(Exchange::BeforeAnswer(e) | Exchange::After(e)) => Err(e),
+            Err(Exchange::Unsent(e) | Exchange::Sent(e)) => Err(e),
         }
     }
 
     fn take_idle(&self, origin: &Origin) -> Option<Box<dyn Io>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(origin)?;
-        while let Some((io, since)) = list.pop() {
-            if since.elapsed() < IDLE_FOR {
-                return Some(io);
+        let mut found = None;
+        while let Some((mut io, since)) = list.pop() {
+            if since.elapsed() < IDLE_FOR && still_open(&mut io) {
+                found = Some(io);
+                break;
             }
         }
-        None
+        if list.is_empty() {
+            idle.remove(origin);
+        }
+        found
     }
 
     fn keep(&self, origin: Origin, io: Option<Box<dyn Io>>) {
         let Some(io) = io else { return };
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut total: usize = idle.values().map(Vec::len).sum();
+        if total >= IDLE_TOTAL {
+            // Full: close what has expired, whatever its origin.
+            idle.retain(|_, list| {
+                list.retain(|(_, since)| since.elapsed() < IDLE_FOR);
+                !list.is_empty()
+            });
+            total = idle.values().map(Vec::len).sum();
+        }
+        if total >= IDLE_TOTAL {
+            return;
+        }
         let list = idle.entry(origin).or_default();
         list.retain(|(_, since)| since.elapsed() < IDLE_FOR);
         if list.len() < IDLE_PER_ORIGIN {
             list.push((io, Instant::now()));
         }
+    }
+
+    /// Idle connections kept, in all.
+    #[cfg(test)]
+    fn idle_count(&self) -> usize {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.values().map(Vec::len).sum()
     }
 
     /// Opens a connection: resolves, applies the address policy, connects (TLS for https).
@@ -222,6 +259,17 @@ impl Wire {
     }
 }
 
+/// Whether a kept connection can carry another request: the server has neither closed it nor
+/// sent anything unasked. One poll that must find nothing to read, into a one-byte buffer.
+fn still_open(io: &mut Box<dyn Io>) -> bool {
+    let mut byte = [0u8; 1];
+    let mut buf = tokio::io::ReadBuf::new(&mut byte);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    std::pin::Pin::new(io)
+        .poll_read(&mut cx, &mut buf)
+        .is_pending()
+}
+
 fn origin_of(url: &Url) -> Result<Origin, WireError> {
     let tls = match url.scheme() {
         "http" => false,
@@ -240,8 +288,8 @@ fn origin_of(url: &Url) -> Result<Origin, WireError> {
     Ok(Origin { tls, host, port })
 }
 
-/// The request's bytes: head and body, in one buffer so they leave in one write.
-fn request_bytes(url: &Url, origin: &Origin, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+/// The request's head; the body follows it in the same write.
+fn request_head(url: &Url, origin: &Origin, headers: &[(&str, &str)], body_len: usize) -> String {
     let target = match url.query() {
         Some(q) => format!("{}?{q}", url.path()),
         None => url.path().to_owned(),
@@ -252,10 +300,8 @@ fn request_bytes(url: &Url, origin: &Origin, headers: &[(&str, &str)], body: &[u
         (_, Some(p)) => format!("{}:{p}", origin.host),
         (_, None) => origin.host.clone(),
     };
-    let mut head = format!(
-        "POST {target} HTTP/1.1\r\nhost: {host}\r\ncontent-length: {}\r\n",
-        body.len()
-    );
+    let mut head =
+        format!("POST {target} HTTP/1.1\r\nhost: {host}\r\ncontent-length: {body_len}\r\n");
     for (name, value) in headers {
         head.push_str(name);
         head.push_str(": ");
@@ -263,46 +309,39 @@ fn request_bytes(url: &Url, origin: &Origin, headers: &[(&str, &str)], body: &[u
         head.push_str("\r\n");
     }
     head.push_str("\r\n");
-    let mut out = Vec::with_capacity(head.len() + body.len());
-    out.extend_from_slice(head.as_bytes());
-    out.extend_from_slice(body);
-    out
+    head
 }
 
-/// How an exchange failed: before any byte of an answer (a kept connection may simply have
-/// been closed by the server), or after.
+/// How an exchange failed: before a byte of the request was written (a fresh connection may
+/// carry it), or after (the server may have acted on it).
 enum Exchange {
-    BeforeAnswer(WireError),
-    After(WireError),
+    Unsent(WireError),
+    Sent(WireError),
 }
 
 /// Sends the request and reads the answer; gives the connection back when it may be reused.
 async fn exchange(
     mut io: Box<dyn Io>,
-    request: &[u8],
+    head: &str,
+    body: &[u8],
     max_body: usize,
 ) -> Result<(Answer, Option<Box<dyn Io>>), Exchange> {
-    let sent = async {
-        io.write_all(request).await?;
-        io.flush().await
-    };
-    if let Err(e) = sent.await {
-        return Err(Exchange::BeforeAnswer(failed(
-            "sending the request failed",
-            e,
-        )));
+    let total = head.len() + body.len();
+    let mut request = Buf::chain(head.as_bytes(), body);
+    if let Err(e) = io.write_all_buf(&mut request).await {
+        let e = failed("sending the request failed", e);
+        return Err(if request.remaining() == total {
+            Exchange::Unsent(e)
+        } else {
+            Exchange::Sent(e)
+        });
     }
-    let mut r = Reader::new(io);
-    match r.fill().await {
-        Ok(0) => {
-            return Err(Exchange::BeforeAnswer(WireError::Failed(
-                "the connection closed before an answer".into(),
-            )))
-        }
-        Ok(_) => {}
-        Err(e) => return Err(Exchange::BeforeAnswer(e)),
+    if let Err(e) = io.flush().await {
+        return Err(Exchange::Sent(failed("sending the request failed", e)));
     }
-    read_answer(r, max_body).await.map_err(Exchange::After)
+    read_answer(Reader::new(io), max_body)
+        .await
+        .map_err(Exchange::Sent)
 }
 
 /// The parts of an answer's head that matter here.
@@ -312,6 +351,14 @@ struct Head {
     content_length: Option<usize>,
     chunked: bool,
     close: bool,
+}
+
+/// A number in `radix` made of digits only (no sign, no blanks), or None.
+fn digits(s: &str, radix: u32) -> Option<usize> {
+    if s.is_empty() || s.len() > 16 || !s.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    usize::from_str_radix(s, radix).ok()
 }
 
 /// Parses a complete head at the start of `buf`, or None when more bytes are needed.
@@ -335,9 +382,8 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, WireError> {
     for h in resp.headers.iter() {
         let value = std::str::from_utf8(h.value).unwrap_or("").trim();
         if h.name.eq_ignore_ascii_case("content-length") {
-            let n = value
-                .parse::<usize>()
-                .map_err(|_| WireError::Failed(format!("bad content-length {value:?}")))?;
+            let n = digits(value, 10)
+                .ok_or_else(|| WireError::Failed(format!("bad content-length {value:?}")))?;
             if head.content_length.is_some_and(|m| m != n) {
                 return Err(WireError::Failed("conflicting content-length".into()));
             }
@@ -358,6 +404,8 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, WireError> {
         }
     }
     if framed_by_coding {
+        // Both framings at once: the connection is not reused (RFC 9112 6.3).
+        head.close |= head.content_length.is_some();
         head.content_length = None;
         // A coding other than chunked last: the body ends with the connection.
         head.close |= !head.chunked;
@@ -365,28 +413,54 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, WireError> {
     Ok(Some(head))
 }
 
-/// Reads the answer after the first bytes arrived.
+/// Whether `buf` holds an empty line, i.e. possibly a complete head.
+fn has_blank_line(buf: &[u8]) -> bool {
+    buf.windows(2).any(|w| w == b"\n\n") || buf.windows(3).any(|w| w == b"\n\r\n")
+}
+
+/// Reads the answer.
 async fn read_answer(
     mut r: Reader,
     max_body: usize,
 ) -> Result<(Answer, Option<Box<dyn Io>>), WireError> {
+    let mut interim = 0;
+    // How many of the unread bytes were searched for the head's end already: a server
+    // trickling its head costs a scan of the new bytes, not of the whole head, per read.
+    let mut scanned: usize = 0;
     let head = loop {
-        if let Some(h) = parse_head(r.unread())? {
-            r.consume(h.len);
-            if (100..200).contains(&h.status) {
-                continue; // 100 Continue and kin come before the answer
+        let from = scanned.saturating_sub(2);
+        scanned = r.unread().len();
+        if has_blank_line(&r.unread()[from..]) {
+            if let Some(h) = parse_head(r.unread())? {
+                r.consume(h.len);
+                scanned = 0;
+                if h.status == 101 {
+                    return Err(WireError::Failed("the server switched protocols".into()));
+                }
+                if (100..200).contains(&h.status) {
+                    // 100 Continue and kin come before the answer.
+                    interim += 1;
+                    if interim > MAX_INTERIM {
+                        return Err(WireError::Failed("too many interim answers".into()));
+                    }
+                    continue;
+                }
+                break h;
             }
-            break h;
         }
         if r.unread().len() >= MAX_HEAD {
             return Err(WireError::Failed("the answer's head is too large".into()));
         }
+        let nothing_yet = interim == 0 && r.unread().is_empty();
         if r.fill().await? == 0 {
-            return Err(WireError::Failed(
-                "the connection closed in the answer's head".into(),
-            ));
+            return Err(WireError::Failed(if nothing_yet {
+                "the connection closed before an answer".into()
+            } else {
+                "the connection closed in the answer's head".into()
+            }));
         }
     };
+    r.shrink();
     let no_body = head.status == 204 || head.status == 304;
     let (body, reusable) = if no_body {
         (Vec::new(), !head.close)
@@ -447,12 +521,17 @@ impl Reader {
         if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
             self.buf.reserve(READ_CHUNK.max(self.buf.len()));
         }
-        let len = self.buf.len();
-        let spare = self.buf.capacity() - len;
-        self.buf.resize(len + spare, 0);
-        let n = self.io.read(&mut self.buf[len..]).await;
-        self.buf.truncate(len + *n.as_ref().unwrap_or(&0));
-        n.map_err(|e| failed("reading the answer failed", e))
+        self.io
+            .read_buf(&mut self.buf)
+            .await
+            .map_err(|e| failed("reading the answer failed", e))
+    }
+
+    /// Gives back what a large head made the buffer grow to.
+    fn shrink(&mut self) {
+        self.buf.drain(..self.pos);
+        self.pos = 0;
+        self.buf.shrink_to(READ_CHUNK);
     }
 
     async fn fill_or_eof(&mut self, what: &str) -> Result<(), WireError> {
@@ -465,22 +544,29 @@ impl Reader {
     }
 
     async fn exact(&mut self, n: usize) -> Result<Vec<u8>, WireError> {
-        let mut out = Vec::with_capacity(n);
-        while out.len() < n {
+        let mut out = Vec::with_capacity(n.min(BODY_RESERVE));
+        self.append(&mut out, n).await?;
+        Ok(out)
+    }
+
+    /// Appends the next `n` bytes to `out`.
+    async fn append(&mut self, out: &mut Vec<u8>, n: usize) -> Result<(), WireError> {
+        let end = out.len() + n;
+        while out.len() < end {
             if self.unread().is_empty() {
                 self.fill_or_eof("body").await?;
             }
-            let take = self.unread().len().min(n - out.len());
+            let take = self.unread().len().min(end - out.len());
             out.extend_from_slice(&self.unread()[..take]);
             self.consume(take);
         }
-        Ok(out)
+        Ok(())
     }
 
     async fn until_closed(&mut self, max: usize) -> Result<Vec<u8>, WireError> {
         let mut out = Vec::new();
         loop {
-            if out.len() + self.unread().len() > max {
+            if self.unread().len() > max - out.len() {
                 return Err(WireError::TooLarge(max));
             }
             out.extend_from_slice(self.unread());
@@ -493,13 +579,17 @@ impl Reader {
 
     /// One CRLF-ended line, without its CRLF.
     async fn line(&mut self) -> Result<String, WireError> {
+        let mut scanned: usize = 0;
         loop {
-            if let Some(i) = self.unread().windows(2).position(|w| w == b"\r\n") {
-                let line = String::from_utf8_lossy(&self.unread()[..i]).into_owned();
-                self.consume(i + 2);
+            let from = scanned.saturating_sub(1);
+            if let Some(i) = self.unread()[from..].windows(2).position(|w| w == b"\r\n") {
+                let end = from + i;
+                let line = String::from_utf8_lossy(&self.unread()[..end]).into_owned();
+                self.consume(end + 2);
                 return Ok(line);
             }
-            if self.unread().len() > 4096 {
+            scanned = self.unread().len();
+            if scanned > MAX_LINE {
                 return Err(WireError::Failed("a chunk line is too long".into()));
             }
             self.fill_or_eof("chunked body").await?;
@@ -511,17 +601,17 @@ impl Reader {
         loop {
             let line = self.line().await?;
             let size = line.split(';').next().unwrap_or("").trim();
-            let size = usize::from_str_radix(size, 16)
-                .map_err(|_| WireError::Failed(format!("bad chunk size {size:?}")))?;
+            let size = digits(size, 16)
+                .ok_or_else(|| WireError::Failed(format!("bad chunk size {size:?}")))?;
             if size == 0 {
                 // Trailers, up to the empty line.
                 while !self.line().await?.is_empty() {}
                 return Ok(out);
             }
-            if out.len() + size > max {
+            if size > max - out.len() {
                 return Err(WireError::TooLarge(max));
             }
-            out.extend_from_slice(&self.exact(size).await?);
+            self.append(&mut out, size).await?;
             if !self.line().await?.is_empty() {
                 return Err(WireError::Failed("a chunk does not end with CRLF".into()));
             }
@@ -532,24 +622,33 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::net::TcpListener;
 
-    /// A server on a real socket that answers each request on a connection with the next of
-    /// `answers` (raw bytes) and counts connections and requests.
-    async fn serve(answers: Vec<&'static [u8]>) -> (Url, Arc<std::sync::atomic::AtomicUsize>) {
+    /// What the test server does after an answer.
+    #[derive(Clone, Copy)]
+    enum Then {
+        KeepOpen,
+        Close,
+    }
+
+    /// A server on a real socket that answers each request, on whatever connection, with the
+    /// next of `answers` (raw bytes), then keeps the connection or closes it; it counts
+    /// connections.
+    async fn serve(answers: Vec<(&'static [u8], Then)>) -> (Url, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = Url::parse(&format!(
             "http://{}/run?x=1",
             listener.local_addr().unwrap()
         ))
         .unwrap();
-        let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let conns = Arc::new(AtomicUsize::new(0));
         let seen = conns.clone();
         tokio::spawn(async move {
             let answers = Arc::new(Mutex::new(answers.into_iter()));
             loop {
                 let (mut s, _) = listener.accept().await.unwrap();
-                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                seen.fetch_add(1, Ordering::SeqCst);
                 let answers = answers.clone();
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 65536];
@@ -580,16 +679,10 @@ mod tests {
                         assert!(text.starts_with("POST /run?x=1 HTTP/1.1\r\nhost: 127.0.0.1:"));
                         have = 0;
                         let next = answers.lock().unwrap().next();
-                        match next {
-                            Some(a) => {
-                                s.write_all(a).await.unwrap();
-                                if a.windows(17)
-                                    .any(|w| w.eq_ignore_ascii_case(b"connection: close"))
-                                {
-                                    return;
-                                }
-                            }
-                            None => return,
+                        let Some((answer, then)) = next else { return };
+                        s.write_all(answer).await.unwrap();
+                        if let Then::Close = then {
+                            return;
                         }
                     }
                 });
@@ -598,12 +691,14 @@ mod tests {
         (url, conns)
     }
 
+    use Then::{Close, KeepOpen};
+
     #[tokio::test]
     async fn reads_length_chunked_and_close_framed_answers_and_reuses_connections() {
         let (url, conns) = serve(vec![
-            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
-            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n2\r\nde\r\n0\r\nT: 1\r\n\r\n",
-            b"HTTP/1.1 503 Busy\r\nconnection: close\r\n\r\nlater",
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello", KeepOpen),
+            (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n2\r\nde\r\n0\r\nT: 1\r\n\r\n", KeepOpen),
+            (b"HTTP/1.1 503 Busy\r\nconnection: close\r\n\r\nlater", Close),
         ])
         .await;
         let wire = Wire::new(true).unwrap();
@@ -612,49 +707,86 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((a.status, a.body.as_slice()), (200, &b"hello"[..]));
+        assert_eq!(wire.idle_count(), 1);
         let a = wire.post(&url, &[], b"{}", 100).await.unwrap();
         assert_eq!((a.status, a.body.as_slice()), (201, &b"abcde"[..]));
         let a = wire.post(&url, &[], b"{}", 100).await.unwrap();
         assert_eq!((a.status, a.body.as_slice()), (503, &b"later"[..]));
-        // The first three answers went over one kept connection.
-        assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 1);
-        // That one was closed by the server: the next call opens another.
-        let err = wire.post(&url, &[], b"{}", 100).await.err().unwrap();
-        assert!(err.to_string().contains("closed before an answer"), "{err}");
-        assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // The three answers came over one kept connection, and `connection: close` (and a
+        // body that ends with the connection) keeps nothing.
+        assert_eq!(conns.load(Ordering::SeqCst), 1);
+        assert_eq!(wire.idle_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_the_server_closed_is_not_reused() {
+        let (url, conns) = serve(vec![
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na", Close),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nb", KeepOpen),
+        ])
+        .await;
+        let wire = Wire::new(true).unwrap();
+        let a = wire.post(&url, &[], b"{}", 100).await.unwrap();
+        assert_eq!(a.body, b"a");
+        // The server closed it without saying so: let the FIN arrive, then the next call
+        // must find out before writing and use a fresh connection.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let a = wire.post(&url, &[], b"{}", 100).await.unwrap();
+        assert_eq!(a.body, b"b");
+        assert_eq!(conns.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
     async fn a_body_over_the_limit_is_refused_however_it_is_framed() {
         let (url, _) = serve(vec![
-            b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\nhello world",
-            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n",
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\nhello world", KeepOpen),
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n", Close),
+            (b"HTTP/1.1 200 OK\r\n\r\nhello world", Close),
+            // A chunk size that would wrap the running total around.
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\nh\r\nffffffffffffffff\r\n", Close),
         ])
         .await;
         let wire = Wire::new(true).unwrap();
-        for _ in 0..2 {
+        for _ in 0..4 {
             let err = wire.post(&url, &[], b"", 10).await.err().unwrap();
             assert!(matches!(err, WireError::TooLarge(10)), "{err}");
         }
     }
 
     #[tokio::test]
-    async fn a_server_that_does_not_speak_http_is_an_error() {
-        let (url, _) = serve(vec![b"SSH-2.0-OpenSSH\r\n\r\n"]).await;
-        let err = Wire::new(true)
-            .unwrap()
-            .post(&url, &[], b"", 10)
-            .await
-            .err()
-            .unwrap();
-        assert!(err.to_string().contains("not HTTP/1"), "{err}");
+    async fn malformed_answers_are_errors() {
+        let (url, _) = serve(vec![
+            (b"SSH-2.0-OpenSSH\r\n\r\n", Close),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\nhello", Close),
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n-1\r\n", Close),
+            (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", Close),
+            (b"HTTP/1.1 100 A\r\n\r\nHTTP/1.1 100 B\r\n\r\nHTTP/1.1 100 C\r\n\r\nHTTP/1.1 100 D\r\n\r\nHTTP/1.1 100 E\r\n\r\nHTTP/1.1 100 F\r\n\r\nHTTP/1.1 100 G\r\n\r\nHTTP/1.1 100 H\r\n\r\nHTTP/1.1 100 I\r\n\r\n", Close),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhel", Close),
+        ])
+        .await;
+        let wire = Wire::new(true).unwrap();
+        for expected in [
+            "not HTTP/1",
+            "bad content-length",
+            "bad chunk size",
+            "switched protocols",
+            "too many interim answers",
+            "closed in the answer's body",
+        ] {
+            let err = wire.post(&url, &[], b"", 10).await.err().unwrap();
+            assert!(err.to_string().contains(expected), "{expected}: {err}");
+        }
     }
 
     #[tokio::test]
     async fn https_speaks_tls_first() {
         // A plain HTTP server on an https URL: the client must start a TLS handshake (which
         // that server cannot answer), not send the request in the clear.
-        let (url, conns) = serve(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"]).await;
+        let (url, conns) = serve(vec![(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+            Close,
+        )])
+        .await;
         let url = Url::parse(&url.as_str().replacen("http://", "https://", 1)).unwrap();
         let err = Wire::new(true)
             .unwrap()
@@ -663,19 +795,35 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("TLS handshake failed"), "{err}");
-        assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(conns.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
     async fn private_addresses_are_refused_unless_allowed() {
-        let (url, conns) = serve(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"]).await;
-        let err = Wire::new(false)
+        let (url, conns) = serve(vec![(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+            Close,
+        )])
+        .await;
+        let port = url.port().unwrap();
+        let wire = Wire::new(false).unwrap();
+        for host in [
+            "127.0.0.1",
+            "[::1]",
+            "[::ffff:127.0.0.1]",
+            "localhost",
+            "10.1.2.3",
+        ] {
+            let url = Url::parse(&format!("http://{host}:{port}/run")).unwrap();
+            let err = wire.post(&url, &[], b"", 10).await.err().unwrap();
+            assert!(matches!(err, WireError::Private), "{host}: {err}");
+        }
+        assert_eq!(conns.load(Ordering::SeqCst), 0);
+        let a = Wire::new(true)
             .unwrap()
             .post(&url, &[], b"", 10)
             .await
-            .err()
             .unwrap();
-        assert!(matches!(err, WireError::Private), "{err}");
-        assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert_eq!(a.status, 200);
     }
 }
