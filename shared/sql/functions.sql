@@ -17,6 +17,17 @@ LANGUAGE sql VOLATILE AS $$
         'hex')::uuid
 $$;
 
+-- Whether an enabled endpoint of the team takes events of this type about this agent: the
+-- test agentq_emit makes, for statements that decide in the same round trip whether to emit.
+CREATE OR REPLACE FUNCTION agentq_wants(p_team uuid, p_type text, p_agent uuid) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (
+        SELECT 1 FROM webhook_endpoints e
+        WHERE e.team_id = p_team AND e.enabled AND e.deleted_at IS NULL
+          AND (cardinality(e.event_types) = 0 OR p_type = ANY(e.event_types))
+          AND (cardinality(e.agent_ids) = 0 OR p_agent = ANY(e.agent_ids)))
+$$;
+
 -- Records an event and one pending delivery per enabled endpoint subscribed to it (by type
 -- and agent); returns the deliveries to enqueue. Without subscribers it writes nothing.
 -- `p_traceparent` is the W3C trace context the event's deliveries join (NULL: none).
@@ -27,12 +38,7 @@ DECLARE
     v_event uuid;
     v_ids uuid[];
 BEGIN
-    IF NOT EXISTS (
-        SELECT 1 FROM webhook_endpoints e
-        WHERE e.team_id = p_team AND e.enabled AND e.deleted_at IS NULL
-          AND (cardinality(e.event_types) = 0 OR p_type = ANY(e.event_types))
-          AND (cardinality(e.agent_ids) = 0 OR p_agent = ANY(e.agent_ids))
-    ) THEN
+    IF NOT agentq_wants(p_team, p_type, p_agent) THEN
         RETURN '{}'::uuid[];
     END IF;
     v_event := agentq_uuid_v7();

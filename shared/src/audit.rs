@@ -28,7 +28,8 @@ impl Actor {
         }
     }
 
-    fn kind(self) -> &'static str {
+    /// `api_key`, `cli` or `system`, as stored.
+    pub fn kind(self) -> &'static str {
         match self {
             Actor::ApiKey(_) => "api_key",
             Actor::Cli => "cli",

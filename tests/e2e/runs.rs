@@ -71,6 +71,20 @@ async fn a_signal_becomes_a_run_that_a_worker_executes() {
         1,
         "signals are audited"
     );
+    let entry = &log["data"][0];
+    assert_eq!(
+        (
+            entry["actor_type"].as_str(),
+            entry["target_type"].as_str(),
+            entry["target_id"].as_str(),
+            entry["actor_key_id"].is_string(),
+        ),
+        (Some("api_key"), Some("run"), Some(run_id.as_str()), true),
+        "{entry}"
+    );
+    assert_eq!(entry["details"]["agent_id"], json!(agent), "{entry}");
+    assert_eq!(entry["details"]["trigger"]["type"], "signal", "{entry}");
+    assert!(entry["request_id"].is_string(), "{entry}");
 }
 
 #[tokio::test]

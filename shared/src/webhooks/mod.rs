@@ -187,6 +187,17 @@ pub async fn emit_run_events_for<R: std::borrow::Borrow<crate::runs::Run>>(
     emit_wanted(conn, &events.iter().collect::<Vec<_>>()).await
 }
 
+/// Emits the events of runs a subscription was already found for (by `agentq_wants` in the
+/// statement that wrote them): no subscription read.
+pub async fn emit_run_events_wanted(
+    conn: &mut sqlx::PgConnection,
+    runs: &[&crate::runs::Run],
+    kind: impl Fn(&crate::runs::Run) -> &'static str,
+) -> Result<Outbox, sqlx::Error> {
+    let events: Vec<NewEvent> = runs.iter().map(|r| NewEvent::of_run(kind(r), r)).collect();
+    emit_wanted(conn, &events.iter().collect::<Vec<_>>()).await
+}
+
 async fn emit_wanted(
     conn: &mut sqlx::PgConnection,
     events: &[&NewEvent],

@@ -15,9 +15,9 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
 
-use crate::audit::{self, Actor, AuditEntry, RequestMeta};
+use crate::audit::Actor;
 use crate::batch::{BatchError, Batcher};
-use crate::ids::{AgentId, RunId, TeamId};
+use crate::ids::{AgentId, ApiKeyId, AuditLogId, RunId, TeamId};
 use crate::queue::Queue;
 use crate::queues::Queues;
 use crate::runs::{Run, RunJob, RUN_COLUMNS};
@@ -235,7 +235,8 @@ struct Earlier {
     run: Run,
 }
 
-/// The batch's transaction: runs, audit entries, `run.queued` events.
+/// The batch's transaction: runs and their audit entries in one statement, which also says
+/// which runs an endpoint takes `run.queued` for; those events; the commit.
 async fn insert(
     pool: &PgPool,
     batch: &[NewRun],
@@ -244,7 +245,7 @@ async fn insert(
     let triggers: Vec<Value> = batch.iter().map(trigger_of).collect();
     let mut tx = pool.begin().await?;
     let inserted = insert_runs(&mut tx, batch, &ids, &triggers).await?;
-    let mut by_id: HashMap<RunId, Run> = inserted.into_iter().map(|r| (r.id, r)).collect();
+    let mut by_id: HashMap<RunId, Inserted> = inserted.into_iter().map(|r| (r.run.id, r)).collect();
     let missing_keys: Vec<&NewRun> = batch
         .iter()
         .zip(&ids)
@@ -253,24 +254,13 @@ async fn insert(
         .collect();
     let earlier = earlier_runs(&mut tx, &missing_keys).await?;
     let mut results = Vec::with_capacity(batch.len());
-    let mut audits = Vec::new();
-    for ((new, id), trigger) in batch.iter().zip(&ids).zip(&triggers) {
-        if let Some(run) = by_id.remove(id) {
-            if let Some(a) = &new.audit {
-                audits.push(AuditEntry {
-                    team_id: new.team_id,
-                    actor: a.actor,
-                    action: a.action,
-                    target_type: "run",
-                    target_id: run.id.to_string(),
-                    meta: RequestMeta {
-                        request_id: a.request_id.as_deref(),
-                        ip: a.ip.as_deref(),
-                    },
-                    details: serde_json::json!({"agent_id": new.agent_id, "trigger": trigger}),
-                });
+    let mut wanted = Vec::new();
+    for (new, id) in batch.iter().zip(&ids) {
+        if let Some(ins) = by_id.remove(id) {
+            if ins.wants_event {
+                wanted.push(results.len());
             }
-            results.push(Ok(Created::New(run)));
+            results.push(Ok(Created::New(ins.run)));
             continue;
         }
         results.push(match &new.idempotency {
@@ -284,17 +274,24 @@ async fn insert(
             None => Err(CreateError::AgentNotFound),
         });
     }
-    audit::record_many(&mut *tx, &audits).await?;
-    let created: Vec<&Run> = results
+    let created: Vec<&Run> = wanted
         .iter()
-        .filter_map(|r| match r {
+        .filter_map(|i| match &results[*i] {
             Ok(Created::New(run)) => Some(run),
             _ => None,
         })
         .collect();
-    let outbox = webhooks::emit_run_events(&mut tx, &created, |_| "run.queued").await?;
+    let outbox = webhooks::emit_run_events_wanted(&mut tx, &created, |_| "run.queued").await?;
     tx.commit().await?;
     Ok((results, outbox))
+}
+
+/// A run the batch's statement wrote, and whether an endpoint takes its `run.queued`.
+#[derive(sqlx::FromRow)]
+struct Inserted {
+    #[sqlx(flatten)]
+    run: Run,
+    wants_event: bool,
 }
 
 fn trigger_of(new: &NewRun) -> Value {
@@ -308,14 +305,15 @@ fn trigger_of(new: &NewRun) -> Value {
     trigger
 }
 
-/// One statement for the whole batch. No agent-row lock: a run recorded as held just as its
-/// agent resumes is released by the reconciler instead.
+/// One statement for the whole batch: the runs, the audit entries of those written (not of
+/// idempotent replays), and whether each one's `run.queued` has a taker. No agent-row lock: a
+/// run recorded as held just as its agent resumes is released by the reconciler instead.
 async fn insert_runs(
     conn: &mut PgConnection,
     batch: &[NewRun],
     ids: &[RunId],
     triggers: &[Value],
-) -> Result<Vec<Run>, sqlx::Error> {
+) -> Result<Vec<Inserted>, sqlx::Error> {
     let teams: Vec<TeamId> = batch.iter().map(|n| n.team_id).collect();
     let agents: Vec<AgentId> = batch.iter().map(|n| n.agent_id).collect();
     let kinds: Vec<TriggerType> = batch.iter().map(|n| n.trigger_type).collect();
@@ -329,8 +327,30 @@ async fn insert_runs(
         .map(|n| n.idempotency.as_ref().map(|i| i.request_hash.to_vec()))
         .collect();
     let traceparents: Vec<Option<&str>> = batch.iter().map(|n| n.traceparent.as_deref()).collect();
+    let audit_ids: Vec<AuditLogId> = batch.iter().map(|_| AuditLogId::new()).collect();
+    let actor_types: Vec<Option<&str>> = batch
+        .iter()
+        .map(|n| n.audit.as_ref().map(|a| a.actor.kind()))
+        .collect();
+    let actor_keys: Vec<Option<ApiKeyId>> = batch
+        .iter()
+        .map(|n| n.audit.as_ref().and_then(|a| a.actor.key_id()))
+        .collect();
+    let actions: Vec<Option<&str>> = batch
+        .iter()
+        .map(|n| n.audit.as_ref().map(|a| a.action))
+        .collect();
+    let request_ids: Vec<Option<&str>> = batch
+        .iter()
+        .map(|n| n.audit.as_ref().and_then(|a| a.request_id.as_deref()))
+        .collect();
+    let ips: Vec<Option<&str>> = batch
+        .iter()
+        .map(|n| n.audit.as_ref().and_then(|a| a.ip.as_deref()))
+        .collect();
     sqlx::query_as(&format!(
-        "INSERT INTO runs (id, team_id, agent_id, held, trigger_type, trigger, input, idempotency_key, request_hash,
+        "WITH r AS (
+         INSERT INTO runs (id, team_id, agent_id, held, trigger_type, trigger, input, idempotency_key, request_hash,
                            conversation_id, traceparent)
          SELECT d.id, d.team_id, d.agent_id, a.status = 'paused', d.kind, d.trigger, d.input, d.key, d.hash,
                 (d.trigger->>'conversation_id')::uuid, d.traceparent
@@ -340,7 +360,18 @@ async fn insert_runs(
          JOIN agents a ON a.id = d.agent_id AND a.team_id = d.team_id AND a.deleted_at IS NULL
          ORDER BY d.ord
          ON CONFLICT (team_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-         RETURNING {RUN_COLUMNS}"
+         RETURNING {RUN_COLUMNS}
+         ), a AS (
+         INSERT INTO audit_logs (id, team_id, actor_type, actor_key_id, action, target_type, target_id, request_id,
+                                 ip, details)
+         SELECT x.audit_id, r.team_id, x.actor_type, x.key_id, x.action, 'run', r.id::text, x.request_id, x.ip,
+                jsonb_build_object('agent_id', r.agent_id, 'trigger', r.trigger)
+         FROM unnest($1::uuid[], $10::uuid[], $11::text[], $12::uuid[], $13::text[], $14::text[], $15::text[])
+              AS x(run_id, audit_id, actor_type, key_id, action, request_id, ip)
+         JOIN r ON r.id = x.run_id
+         WHERE x.action IS NOT NULL
+         )
+         SELECT r.*, agentq_wants(r.team_id, 'run.queued', r.agent_id) AS wants_event FROM r"
     ))
     .bind(ids)
     .bind(&teams)
@@ -351,6 +382,12 @@ async fn insert_runs(
     .bind(&keys)
     .bind(&hashes)
     .bind(&traceparents)
+    .bind(&audit_ids)
+    .bind(&actor_types)
+    .bind(&actor_keys)
+    .bind(&actions)
+    .bind(&request_ids)
+    .bind(&ips)
     .fetch_all(conn)
     .await
 }
