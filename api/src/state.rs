@@ -179,13 +179,14 @@ pub struct KeyLookup {
 impl KeyLookup {
     /// Starts `lanes` lookup tasks on `db`.
     pub fn new(db: PgPool, lanes: usize) -> Self {
-        let batcher = agentq_shared::batch::Batcher::spawn(
+        let batcher = agentq_shared::batch::Batcher::spawn_held(
             "key_lookup",
             lanes,
             512,
-            move |secrets: Vec<String>| {
-                let db = db.clone();
-                async move { Ok(keys::find_many_by_secret(&db, &secrets).await?) }
+            db,
+            |mut conn, secrets: Vec<String>| async move {
+                let found = keys::find_many_by_secret(&mut *conn, &secrets).await;
+                (Some(conn), found.map_err(Into::into))
             },
         );
         Self { batcher }

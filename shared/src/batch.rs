@@ -12,7 +12,12 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use sqlx::pool::PoolConnection;
+use sqlx::{PgPool, Postgres};
 use tokio::sync::{mpsc, oneshot, Mutex};
+
+/// How long a lane of [`Batcher::spawn_held`] keeps its connection without a batch.
+pub const HOLD_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why a batched call got no answer of its own.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -74,32 +79,79 @@ where
             tokio::spawn(async move {
                 while let Some(batch) = take_batch(&rx, max_batch.max(1)).await {
                     let (reqs, answers): (Vec<Req>, Vec<_>) = batch.into_iter().unzip();
-                    let n = reqs.len();
-                    metrics::histogram!("agentq_batch_size", "batch" => name).record(n as f64);
-                    match exec(reqs).await {
-                        Ok(resps) if resps.len() == n => {
-                            for (answer, resp) in answers.into_iter().zip(resps) {
-                                let _ = answer.send(Ok(resp));
+                    metrics::histogram!("agentq_batch_size", "batch" => name)
+                        .record(reqs.len() as f64);
+                    let result = exec(reqs).await;
+                    answer(name, answers, result);
+                }
+            });
+        }
+        Self { tx }
+    }
+
+    /// [`Batcher::spawn`] for batches that run on a Postgres connection: each lane keeps the
+    /// connection it used while batches keep coming, and gives it back to `pool` after
+    /// [`HOLD_IDLE`] without one, or after a batch that failed (it may be broken). sqlx
+    /// checks every connection given back to its pool with a round trip (a Sync, whatever
+    /// `test_before_acquire` says); a lane under load gives back none. `exec` answers the
+    /// connection too: `None` when it must not be kept.
+    pub fn spawn_held<F, Fut>(
+        name: &'static str,
+        lanes: usize,
+        max_batch: usize,
+        pool: PgPool,
+        exec: F,
+    ) -> Self
+    where
+        F: Fn(PoolConnection<Postgres>, Vec<Req>) -> Fut + Send + Sync + 'static,
+        Fut: Future<
+                Output = (
+                    Option<PoolConnection<Postgres>>,
+                    Result<Vec<Resp>, BatchError>,
+                ),
+            > + Send
+            + 'static,
+    {
+        let (tx, rx) = mpsc::unbounded_channel::<Pending<Req, Resp>>();
+        let rx = Arc::new(Mutex::new(rx));
+        let exec = Arc::new(exec);
+        for _ in 0..lanes.max(1) {
+            let (rx, exec, pool) = (rx.clone(), exec.clone(), pool.clone());
+            tokio::spawn(async move {
+                let mut held: Option<PoolConnection<Postgres>> = None;
+                loop {
+                    let next = if held.is_some() {
+                        match tokio::time::timeout(HOLD_IDLE, take_batch(&rx, max_batch.max(1)))
+                            .await
+                        {
+                            Ok(next) => next,
+                            Err(_) => {
+                                held = None; // idle: back to the pool
+                                continue;
                             }
                         }
-                        Ok(resps) => {
-                            tracing::error!(
-                                batch = name,
-                                expected = n,
-                                got = resps.len(),
-                                "batch answered the wrong number of results"
-                            );
-                            for answer in answers {
-                                let _ = answer.send(Err(BatchError::Closed));
+                    } else {
+                        take_batch(&rx, max_batch.max(1)).await
+                    };
+                    let Some(batch) = next else { break };
+                    let (reqs, answers): (Vec<Req>, Vec<_>) = batch.into_iter().unzip();
+                    metrics::histogram!("agentq_batch_size", "batch" => name)
+                        .record(reqs.len() as f64);
+                    let conn = match held.take() {
+                        Some(c) => c,
+                        None => match pool.acquire().await {
+                            Ok(c) => c,
+                            Err(e) => {
+                                answer(name, answers, Err(e.into()));
+                                continue;
                             }
-                        }
-                        Err(e) => {
-                            tracing::warn!(batch = name, size = n, error = %e, "batch failed");
-                            for answer in answers {
-                                let _ = answer.send(Err(e.clone()));
-                            }
-                        }
+                        },
+                    };
+                    let (conn, result) = exec(conn, reqs).await;
+                    if result.is_ok() {
+                        held = conn;
                     }
+                    answer(name, answers, result);
                 }
             });
         }
@@ -117,6 +169,39 @@ where
     pub fn submit(&self, req: Req) {
         let (tx, _rx) = oneshot::channel();
         let _ = self.tx.send((req, tx));
+    }
+}
+
+/// Hands each caller its result (or the batch's error).
+fn answer<Resp>(
+    name: &'static str,
+    answers: Vec<oneshot::Sender<Result<Resp, BatchError>>>,
+    result: Result<Vec<Resp>, BatchError>,
+) {
+    let n = answers.len();
+    match result {
+        Ok(resps) if resps.len() == n => {
+            for (answer, resp) in answers.into_iter().zip(resps) {
+                let _ = answer.send(Ok(resp));
+            }
+        }
+        Ok(resps) => {
+            tracing::error!(
+                batch = name,
+                expected = n,
+                got = resps.len(),
+                "batch answered the wrong number of results"
+            );
+            for answer in answers {
+                let _ = answer.send(Err(BatchError::Closed));
+            }
+        }
+        Err(e) => {
+            tracing::warn!(batch = name, size = n, error = %e, "batch failed");
+            for answer in answers {
+                let _ = answer.send(Err(e.clone()));
+            }
+        }
     }
 }
 

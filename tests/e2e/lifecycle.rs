@@ -22,7 +22,7 @@ use agentq_shared::runs::lifecycle::{
 use agentq_shared::runs::steps::{Role, StepKind};
 use agentq_shared::runs::RunStatus;
 
-use crate::common::{redis_url, TestApp};
+use crate::common::{self, redis_url, TestApp, TestDb};
 
 struct Fixture {
     app: TestApp,
@@ -632,4 +632,51 @@ async fn a_group_commit_answers_each_trigger_on_its_own() {
         .await
         .unwrap();
     assert_eq!(queued, 6, "every new run enqueued once");
+}
+
+/// A lane of a held batcher keeps its connection while batches keep coming (so sqlx never
+/// checks it on the way back to the pool), gives it back once idle, and never keeps one a
+/// failed batch used.
+#[tokio::test]
+async fn a_batch_lane_keeps_its_connection_while_busy_and_gives_it_back_when_idle() {
+    use agentq_shared::batch::{BatchError, Batcher, HOLD_IDLE};
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
+    let batcher: Batcher<i32, i32> = Batcher::spawn_held(
+        "test",
+        1,
+        16,
+        pool.clone(),
+        |mut conn, reqs: Vec<i32>| async move {
+            if reqs.contains(&-1) {
+                return (Some(conn), Err(BatchError::Closed));
+            }
+            let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            (Some(conn), Ok(reqs.iter().map(|_| pid).collect()))
+        },
+    );
+    let in_use = |pool: &PgPool| pool.size() - pool.num_idle() as u32;
+    let first = batcher.call(1).await.unwrap();
+    for i in 0..5 {
+        // The lane holds it between batches: out of the pool, the same backend each time.
+        assert_eq!(batcher.call(i).await.unwrap(), first, "same backend");
+        // Long enough for a connection given back to be checked and idle again.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(in_use(&pool), 1, "held by the lane");
+    }
+    tokio::time::sleep(HOLD_IDLE + Duration::from_millis(500)).await;
+    assert_eq!(in_use(&pool), 0, "given back when idle");
+    batcher.call(2).await.unwrap();
+    assert_eq!(in_use(&pool), 1);
+    assert!(batcher.call(-1).await.is_err());
+    // A failed batch's connection goes back to the pool (which checks it) at once.
+    let back = common::eventually(Duration::from_secs(2), || {
+        let pool = pool.clone();
+        async move { (pool.size() == pool.num_idle() as u32).then_some(()) }
+    })
+    .await;
+    assert!(back.is_some(), "a failed batch's connection was kept");
 }

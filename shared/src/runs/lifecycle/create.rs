@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::audit::Actor;
 use crate::batch::{BatchError, Batcher};
@@ -147,10 +147,23 @@ const MAX_BATCH: usize = 256;
 impl Creator {
     /// Starts `lanes` committers (each holds at most one connection while it commits).
     pub fn new(pool: PgPool, queues: Queues, lanes: usize) -> Self {
-        let batcher = Batcher::spawn("create", lanes, MAX_BATCH, move |batch: Vec<NewRun>| {
-            let (pool, queues) = (pool.clone(), queues.clone());
-            async move { Ok(create_batch(&pool, &queues, &batch).await) }
-        });
+        let batcher = Batcher::spawn_held(
+            "create",
+            lanes,
+            MAX_BATCH,
+            pool,
+            move |mut conn, batch: Vec<NewRun>| {
+                let queues = queues.clone();
+                async move {
+                    let results = create_batch(&mut conn, &queues, &batch).await;
+                    // A batch that failed in Postgres may have left the connection broken.
+                    let failed = results
+                        .iter()
+                        .any(|r| matches!(r, Err(CreateError::Store(_))));
+                    ((!failed).then_some(conn), Ok(results))
+                }
+            },
+        );
         Self { batcher }
     }
 
@@ -172,7 +185,8 @@ pub async fn create_run(
     if new.traceparent.is_none() {
         new.traceparent = crate::telemetry::current_traceparent();
     }
-    create_batch(pool, queues, std::slice::from_ref(&new))
+    let mut conn = pool.acquire().await?;
+    create_batch(&mut conn, queues, std::slice::from_ref(&new))
         .await
         .pop()
         .unwrap_or(Err(CreateError::Store(BatchError::Closed)))
@@ -181,11 +195,11 @@ pub async fn create_run(
 /// One group commit, then the enqueues; falls back to one transaction per trigger when the
 /// batch's transaction fails.
 async fn create_batch(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     queues: &Queues,
     batch: &[NewRun],
 ) -> Vec<Result<Created, CreateError>> {
-    match insert(pool, batch).await {
+    match insert(conn, batch).await {
         Ok((results, outbox)) => {
             let fresh: Vec<String> = results
                 .iter()
@@ -206,7 +220,7 @@ async fn create_batch(
             tracing::warn!(error = %e, size = batch.len(), "group commit failed; retrying one by one");
             let mut out = Vec::with_capacity(batch.len());
             for one in batch {
-                out.extend(Box::pin(create_batch(pool, queues, std::slice::from_ref(one))).await);
+                out.extend(Box::pin(create_batch(conn, queues, std::slice::from_ref(one))).await);
             }
             out
         }
@@ -238,12 +252,12 @@ struct Earlier {
 /// The batch's transaction: runs and their audit entries in one statement, which also says
 /// which runs an endpoint takes `run.queued` for; those events; the commit.
 async fn insert(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     batch: &[NewRun],
 ) -> Result<(Vec<Result<Created, CreateError>>, Outbox), sqlx::Error> {
     let ids: Vec<RunId> = batch.iter().map(|_| RunId::new()).collect();
     let triggers: Vec<Value> = batch.iter().map(trigger_of).collect();
-    let mut tx = pool.begin().await?;
+    let mut tx = conn.begin().await?;
     let inserted = insert_runs(&mut tx, batch, &ids, &triggers).await?;
     let mut by_id: HashMap<RunId, Inserted> = inserted.into_iter().map(|r| (r.run.id, r)).collect();
     let missing_keys: Vec<&NewRun> = batch

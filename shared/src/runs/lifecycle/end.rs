@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Connection, PgConnection};
 
 use super::write::{step_rows_sql, StepRows, StepWrite};
 use super::{Lease, RunStatus};
@@ -87,7 +87,7 @@ pub fn event_type(status: RunStatus) -> &'static str {
 /// then enqueue the unparked runs and the deliveries. One answer per ending: whether it
 /// applied (false: the lease was lost).
 pub(super) async fn finish_batch(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     queues: &Queues,
     endings: &[Ending],
 ) -> Result<Vec<bool>, BatchError> {
@@ -99,7 +99,7 @@ pub(super) async fn finish_batch(
         .filter(|e| seen.insert(e.run))
         .cloned()
         .collect();
-    let mut tx = pool.begin().await?;
+    let mut tx = conn.begin().await?;
     let (ended, outbox) = end_in(&mut tx, &distinct, &[RunStatus::Running]).await?;
     let unparked = release_slots(&mut tx, &per_agent(&ended)).await?;
     tx.commit().await?;

@@ -101,48 +101,78 @@ impl Lifecycle {
     /// runs, webhook deliveries) on `queues` and ring doorbells of watched runs.
     pub fn new(pool: PgPool, queues: Queues, doorbell: Doorbell, lanes: Lanes) -> Self {
         let starts = {
-            let (pool, queues) = (pool.clone(), queues.clone());
-            Batcher::spawn("start", lanes.start, 1024, move |ids: Vec<RunId>| {
-                let (pool, queues) = (pool.clone(), queues.clone());
-                async move { start::start_batch(&pool, &queues, ids).await }
-            })
+            let queues = queues.clone();
+            Batcher::spawn_held(
+                "start",
+                lanes.start,
+                1024,
+                pool.clone(),
+                move |mut conn, ids: Vec<RunId>| {
+                    let queues = queues.clone();
+                    async move {
+                        let r = start::start_batch(&mut conn, &queues, ids).await;
+                        (Some(conn), r)
+                    }
+                },
+            )
         };
         let writes = {
-            let (pool, bell) = (pool.clone(), doorbell.clone());
-            Batcher::spawn("write", lanes.write, 512, move |w: Vec<StepWrite>| {
-                let (pool, bell) = (pool.clone(), bell.clone());
-                async move {
-                    let written = write::write_batch(&pool, &w).await?;
-                    for (w, r) in w.iter().zip(&written) {
-                        if matches!(r, Written::Ok { .. }) && !w.steps.is_empty() {
-                            bell.ring(w.lease.run);
+            let bell = doorbell.clone();
+            Batcher::spawn_held(
+                "write",
+                lanes.write,
+                512,
+                pool.clone(),
+                move |mut conn, w: Vec<StepWrite>| {
+                    let bell = bell.clone();
+                    async move {
+                        let written = write::write_batch(&mut conn, &w).await;
+                        if let Ok(written) = &written {
+                            for (w, r) in w.iter().zip(written) {
+                                if matches!(r, Written::Ok { .. }) && !w.steps.is_empty() {
+                                    bell.ring(w.lease.run);
+                                }
+                            }
                         }
+                        (Some(conn), written)
                     }
-                    Ok(written)
-                }
-            })
+                },
+            )
         };
         let heartbeats = {
-            let pool = pool.clone();
-            Batcher::spawn("heartbeat", lanes.heartbeat, 2048, move |l: Vec<Lease>| {
-                let pool = pool.clone();
-                async move { write::heartbeat_batch(&pool, &l).await }
-            })
+            Batcher::spawn_held(
+                "heartbeat",
+                lanes.heartbeat,
+                2048,
+                pool.clone(),
+                |mut conn, l: Vec<Lease>| async move {
+                    let r = write::heartbeat_batch(&mut conn, &l).await;
+                    (Some(conn), r)
+                },
+            )
         };
         let ends = {
-            let (pool, queues, bell) = (pool.clone(), queues.clone(), doorbell.clone());
-            Batcher::spawn("end", lanes.end, 1024, move |e: Vec<Ending>| {
-                let (pool, queues, bell) = (pool.clone(), queues.clone(), bell.clone());
-                async move {
-                    let ended = end::finish_batch(&pool, &queues, &e).await?;
-                    for (e, applied) in e.iter().zip(&ended) {
-                        if *applied {
-                            bell.ring(e.run);
+            let (queues, bell) = (queues.clone(), doorbell.clone());
+            Batcher::spawn_held(
+                "end",
+                lanes.end,
+                1024,
+                pool.clone(),
+                move |mut conn, e: Vec<Ending>| {
+                    let (queues, bell) = (queues.clone(), bell.clone());
+                    async move {
+                        let ended = end::finish_batch(&mut conn, &queues, &e).await;
+                        if let Ok(ended) = &ended {
+                            for (e, applied) in e.iter().zip(ended) {
+                                if *applied {
+                                    bell.ring(e.run);
+                                }
+                            }
                         }
+                        (Some(conn), ended)
                     }
-                    Ok(ended)
-                }
-            })
+                },
+            )
         };
         Self {
             pool,

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 
 use chrono::Utc;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool};
 
 use super::end::{end_in, Ending};
 use super::{Lease, RunStatus};
@@ -83,11 +83,11 @@ struct Plan {
 }
 
 pub(super) async fn start_batch(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     queues: &Queues,
     ids: Vec<RunId>,
 ) -> Result<Vec<Start>, BatchError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = conn.begin().await?;
     // Read before the locks, to hold them briefly: a run that changes meanwhile (another
     // worker's start, a cancel) is refused by the guarded update, and only the runs that
     // update really starts count against the slots.

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::Lease;
@@ -164,12 +164,11 @@ pub enum Written {
 
 /// Writes a batch; a run that appears twice is written in a second round, after the first.
 pub(super) async fn write_batch(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     writes: &[StepWrite],
 ) -> Result<Vec<Written>, BatchError> {
-    let mut conn = pool.acquire().await?;
     let all: Vec<&StepWrite> = writes.iter().collect();
-    Ok(write_rounds(&mut conn, &all).await?)
+    Ok(write_rounds(conn, &all).await?)
 }
 
 /// [`write_in`] for writes that may name a run more than once: in rounds of distinct runs,
@@ -264,7 +263,7 @@ pub(crate) async fn write_in(
 /// for: a batch of thousands of heartbeats must never lock rows in an order that deadlocks
 /// with the writers. A skipped lease is classified by a plain read.
 pub(super) async fn heartbeat_batch(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     leases: &[Lease],
 ) -> Result<Vec<Written>, BatchError> {
     let runs: Vec<RunId> = leases.iter().map(|l| l.run).collect();
@@ -280,7 +279,7 @@ pub(super) async fn heartbeat_batch(
     )
     .bind(&runs)
     .bind(&attempts)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
     let mut alive: HashMap<(RunId, i32), bool> =
         beat.into_iter().map(|(r, a, c)| ((r, a), c)).collect();
@@ -294,7 +293,7 @@ pub(super) async fn heartbeat_batch(
             "SELECT id, attempts, cancel_requested FROM runs WHERE id = ANY($1) AND status = 'running'",
         )
         .bind(&skipped)
-        .fetch_all(pool)
+        .fetch_all(&mut *conn)
         .await?;
         alive.extend(rows.into_iter().map(|(r, a, c)| ((r, a), c)));
     }
