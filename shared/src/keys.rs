@@ -388,10 +388,8 @@ pub async fn find_many_by_secret(
 ) -> Result<Vec<Option<AuthKey>>, sqlx::Error> {
     let hashes: Vec<Vec<u8>> = secrets.iter().map(|s| hash_key(s).to_vec()).collect();
     let rows: Vec<HashedAuthKey> = sqlx::query_as(
-        "SELECT k.key_hash, k.id, k.team_id, k.name, k.prefix, k.scopes, k.agent_ids, k.created_by, k.created_at,
-                k.expires_at, k.last_used_at, k.revoked_at, k.rate_limit_per_minute, k.rate_limit_per_day,
-                t.rate_limit_per_minute AS team_per_minute, t.rate_limit_per_day AS team_per_day
-         FROM api_keys k JOIN teams t ON t.id = k.team_id WHERE k.key_hash = ANY($1)",
+        // A SQL function, for a plan made once per session (shared/sql/functions.sql).
+        "SELECT * FROM agentq_keys_by_hash($1)",
     )
     .bind(&hashes)
     .fetch_all(db)

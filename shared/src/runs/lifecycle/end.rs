@@ -239,8 +239,9 @@ pub(super) fn payloads(runs: &[RunJob]) -> Vec<String> {
     runs.iter().map(RunJob::to_payload).collect()
 }
 
-/// Gives back `n` slots per agent (under the agents' row locks, in id order) and unparks that
-/// many of each agent's oldest parked runs; the runs to enqueue (with their stored trace).
+/// Gives back `n` slots per agent (under the agents' row locks, taken in id order) and then,
+/// in a later statement that sees parks committed while it waited for those locks, unparks
+/// that many of each agent's oldest parked runs; the runs to enqueue (with their stored trace).
 pub async fn release_slots(
     conn: &mut PgConnection,
     freed: &[(AgentId, i32)],
@@ -249,39 +250,14 @@ pub async fn release_slots(
         return Ok(Vec::new());
     }
     let (agents, counts): (Vec<AgentId>, Vec<i32>) = freed.iter().copied().unzip();
-    // The locks are taken by a statement of their own. Taken in a CTE of the UPDATE, a row
-    // that a concurrent batch had updated after the statement's snapshot was locked by the
-    // CTE and then re-checked by the UPDATE (EvalPlanQual), which queues for the tuple lock
-    // that a start batch waiting for this very transaction holds: Postgres reported a
-    // deadlock (and waited deadlock_timeout first) many times a second under a steady load.
-    sqlx::query("SELECT 1 FROM agents WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
+    // The locks, the counters and the unpark are three statements of one SQL function
+    // (shared/sql/functions.sql says why each is a statement of its own): one round trip.
+    sqlx::query_as("SELECT run_id, traceparent FROM agentq_release_slots($1, $2)")
         .bind(&agents)
-        .execute(&mut *conn)
-        .await?;
-    // The counters and the unpark in one statement, after the locks: a new snapshot, which
-    // sees the parks that committed while this transaction waited for them.
-    sqlx::query_as(&format!(
-        "WITH c AS (
-            UPDATE agents a SET running_runs = greatest(a.running_runs - f.n, 0)
-            FROM unnest($1::uuid[], $2::int[]) AS f(id, n)
-            WHERE a.id = f.id
-         )
-         {UNPARK}"
-    ))
-    .bind(&agents)
-    .bind(&counts)
-    .fetch_all(conn)
-    .await
+        .bind(&counts)
+        .fetch_all(conn)
+        .await
 }
-
-/// Unparks up to `$2[i]` of agent `$1[i]`'s oldest parked runs; their jobs.
-const UNPARK: &str = "UPDATE runs SET parked = false, queued_at = now()
-     WHERE id IN (
-        SELECT p.id FROM unnest($1::uuid[], $2::int[]) AS f(agent_id, n),
-             LATERAL (SELECT id FROM runs
-                      WHERE agent_id = f.agent_id AND parked AND status = 'queued' AND NOT held
-                      ORDER BY id LIMIT greatest(f.n, 0) FOR UPDATE SKIP LOCKED) AS p)
-     RETURNING id AS run_id, traceparent";
 
 /// Unparks up to `n` of each agent's oldest parked runs (a new statement, so it sees parks
 /// that committed while this transaction waited for the agent's lock).
@@ -290,7 +266,7 @@ pub(super) async fn unpark(
     slots: &[(AgentId, i32)],
 ) -> Result<Vec<RunJob>, sqlx::Error> {
     let (agents, counts): (Vec<AgentId>, Vec<i32>) = slots.iter().copied().unzip();
-    sqlx::query_as(UNPARK)
+    sqlx::query_as("SELECT run_id, traceparent FROM agentq_unpark($1, $2)")
         .bind(&agents)
         .bind(&counts)
         .fetch_all(conn)
