@@ -52,6 +52,23 @@ BEGIN
     WHERE k.key_hash = ANY(p_hashes);
 END $$;
 
+-- Adds p_counts[i] started runs to agent p_agents[i]'s slot counter, under the agents' row
+-- locks taken in id order (so batches never deadlock); the agents' rows as they now are. For
+-- a start batch that started its runs first (shared/src/runs/lifecycle/start.rs): it checks
+-- the counters against the limits and rolls back when one is over, so the locks are held
+-- for this statement and the commit only. Generic plans as in agentq_keys_by_hash.
+CREATE OR REPLACE FUNCTION agentq_take_slots(p_agents uuid[], p_counts integer[])
+RETURNS SETOF agents
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+BEGIN
+    PERFORM 1 FROM agents a WHERE a.id = ANY(p_agents) ORDER BY a.id FOR NO KEY UPDATE;
+    RETURN QUERY
+    UPDATE agents a SET running_runs = a.running_runs + f.n
+    FROM unnest(p_agents, p_counts) AS f(id, n)
+    WHERE a.id = f.id
+    RETURNING a.*;
+END $$;
+
 -- Gives back p_counts[i] slots of agent p_agents[i] and unparks that many of its oldest
 -- parked runs; the runs to enqueue. For shared/src/runs/lifecycle/end.rs (`release_slots`),
 -- which owns the logic; here so that the three statements cost one round trip and plans made

@@ -174,6 +174,64 @@ async fn a_batch_starts_runs_up_to_the_limit_and_parks_the_rest() {
             .await
             .unwrap();
     assert_eq!(parked, 7);
+    // The batch first started all ten and counted them after (the agent was not known to be
+    // full); over the limit, that transaction rolled back whole before the batch was started
+    // counted first: the parked runs keep no attempt and no input step of it.
+    let (attempts, steps): (i64, i64) = sqlx::query_as(
+        "SELECT coalesce(sum(attempts), 0)::int8,
+                (SELECT count(*) FROM run_steps s JOIN runs r ON r.id = s.run_id
+                 WHERE r.agent_id = $1 AND r.parked)
+         FROM runs WHERE agent_id = $1 AND parked",
+    )
+    .bind(agent)
+    .fetch_one(f.pool())
+    .await
+    .unwrap();
+    assert_eq!((attempts, steps), (0, 0));
+    // The next run parks too.
+    let more = f.runs(agent, 1).await;
+    assert!(matches!(life.start(more[0]).await.unwrap(), Start::Busy));
+    assert_eq!(f.assert_counter_exact(agent).await, 3);
+}
+
+#[tokio::test]
+async fn a_batch_within_the_limit_is_counted_after_its_runs_started() {
+    // A roomy agent: the batch starts its runs and then adds them to the counter (the
+    // agent's lock is held for that statement and the commit only); the counter is exact,
+    // each run started once, with its input step.
+    let f = Fixture::new().await;
+    let agent = f.agent(1000).await;
+    let runs = f.runs(agent, 50).await;
+    let (a, b) = (f.worker().await, f.worker().await);
+    let (sa, sb) = tokio::join!(start_all(&a, &runs[..30]), start_all(&b, &runs[20..]));
+    assert_eq!(leases(&sa).len() + leases(&sb).len(), 50, "{sa:?} {sb:?}");
+    assert_eq!(f.assert_counter_exact(agent).await, 50);
+    let (attempts, inputs): (i64, i64) = sqlx::query_as(
+        "SELECT max(attempts)::int8,
+                (SELECT count(*) FROM run_steps s JOIN runs r ON r.id = s.run_id
+                 WHERE r.agent_id = $1 AND s.kind = 'input')
+         FROM runs WHERE agent_id = $1",
+    )
+    .bind(agent)
+    .fetch_one(f.pool())
+    .await
+    .unwrap();
+    assert_eq!((attempts, inputs), (1, 50));
+    // Paused after the run was queued: its batch rolls back the start, finding the agent
+    // paused under its lock, and holds the run instead.
+    let held = f.runs(agent, 1).await;
+    sqlx::query("UPDATE agents SET status = 'paused' WHERE id = $1")
+        .bind(agent)
+        .execute(f.pool())
+        .await
+        .unwrap();
+    assert!(matches!(a.start(held[0]).await.unwrap(), Start::Held));
+    assert_eq!(
+        f.status(held[0]).await.2,
+        0,
+        "the rolled-back start left no attempt"
+    );
+    assert_eq!(f.assert_counter_exact(agent).await, 50);
 }
 
 #[tokio::test]

@@ -1,13 +1,21 @@
-//! Start: queued → running, for a whole fetched batch in one transaction. It locks the rows of
-//! the batch's agents (in id order, so batches never deadlock), reads each agent's slot
-//! counter, and then one statement starts the runs that fit, parks those that do not (the
-//! batch that frees a slot unparks the oldest), holds those of paused agents, cancels those of
-//! deleted agents, adds the started runs to the counters and emits `run.started`. Runs of one
-//! agent therefore serialise per batch, not per run, and the counter is exact under any number
-//! of workers: every change to it happens under that row lock.
+//! Start: queued → running, for a whole fetched batch in one transaction, in one of two ways.
+//! Either way an agent's slot counter only changes under its row lock, taken in id order (so
+//! batches never deadlock), and is exact under any number of workers.
 //!
-//! A fresh run's input step is written by the same statement, and the answer carries the
-//! run and its agent as of the start, so the worker reads nothing again before executing.
+//! - **Counted after** (the usual case): the batch starts its queued runs, then one statement
+//!   locks the agents' rows and adds the started runs to their counters, right before the
+//!   commit. If an agent turns out full, paused or deleted, the transaction rolls back and the
+//!   batch is started the other way. The locks are held for that statement and the commit
+//!   only, so start and finish batches of a busy agent hardly wait for each other.
+//! - **Counted first** (an agent seen full in the last second, or a batch counted after that
+//!   did not fit): it locks the agents' rows and reads their counters first, then one
+//!   statement starts the runs that fit, parks those that do not (the batch that frees a slot
+//!   unparks the oldest), holds those of paused agents, cancels those of deleted agents and
+//!   adds the started runs to the counters.
+//!
+//! Either way `run.started` is emitted in the transaction, a fresh run's input step is
+//! written by the statement that starts it, and the answer carries the run and its agent as
+//! of the start, so the worker reads nothing again before executing.
 
 use std::collections::HashMap;
 
@@ -87,28 +95,144 @@ async fn lock_slots(
 /// What the batch decided for each queued run.
 #[derive(Default)]
 struct Plan {
-    /// Run, max seconds, and the input step's text for a run that has no steps yet.
-    start: Vec<(RunId, i32, Option<Option<String>>)>,
+    /// Run, and the input step's text for a run that has no steps yet.
+    start: Vec<(RunId, Option<Option<String>>)>,
     park: Vec<RunId>,
     hold: Vec<RunId>,
     orphaned: Vec<RunId>,
 }
 
+/// Agents a start batch found full lately: their batches count first (`Crowded::FOR`), so a
+/// busy agent at its limit does not pay a rolled-back start per batch.
+#[derive(Debug, Default)]
+pub(super) struct Crowded(std::sync::Mutex<HashMap<AgentId, std::time::Instant>>);
+
+impl Crowded {
+    /// How long an agent found full is started the locked way.
+    const FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
+    fn any(&self, agents: &[AgentId]) -> bool {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        !map.is_empty()
+            && agents
+                .iter()
+                .any(|a| map.get(a).is_some_and(|t| t.elapsed() < Self::FOR))
+    }
+
+    fn mark(&self, agents: impl IntoIterator<Item = AgentId>) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() > 4096 {
+            map.retain(|_, t| t.elapsed() < Self::FOR);
+        }
+        let now = std::time::Instant::now();
+        for a in agents {
+            map.insert(a, now);
+        }
+    }
+}
+
 pub(super) async fn start_batch(
     conn: &mut PgConnection,
     queues: &Queues,
+    crowded: &Crowded,
     ids: Vec<RunId>,
 ) -> Result<Vec<Start>, BatchError> {
-    let mut tx = conn.begin().await?;
-    // Read before the locks, to hold them briefly: a run that changes meanwhile (another
-    // worker's start, a cancel) is refused by the guarded update, and only the runs that
-    // update really starts count against the slots.
-    let runs: Vec<Run> = sqlx::query_as(&format!(
+    if let Some(answers) = start_counted_after(conn, queues, crowded, &ids).await? {
+        return Ok(answers);
+    }
+    start_counted_first(conn, queues, crowded, ids).await
+}
+
+/// The batch's runs, read before any lock: a run that changes meanwhile (another worker's
+/// start, a cancel) is refused by the guarded update, and only the runs that update really
+/// starts count against the slots.
+async fn read_runs(conn: &mut PgConnection, ids: &[RunId]) -> Result<Vec<Run>, sqlx::Error> {
+    sqlx::query_as(&format!(
         "SELECT {RUN_COLUMNS} FROM runs WHERE id = ANY($1) ORDER BY id"
     ))
-    .bind(&ids)
+    .bind(ids)
+    .fetch_all(conn)
+    .await
+}
+
+/// Starts every queued run of the batch, then counts them under the agents' locks; None
+/// (nothing changed) when the batch must count first: an agent of it was found full lately,
+/// or is full, paused or deleted now.
+async fn start_counted_after(
+    conn: &mut PgConnection,
+    queues: &Queues,
+    crowded: &Crowded,
+    ids: &[RunId],
+) -> Result<Option<Vec<Start>>, BatchError> {
+    let mut tx = conn.begin_with(super::BEGIN_BATCH).await?;
+    let runs = read_runs(&mut tx, ids).await?;
+    let mut plan = Plan::default();
+    let mut outcome: HashMap<RunId, Start> = HashMap::new();
+    let mut agent_ids = Vec::new();
+    for run in &runs {
+        if run.status == RunStatus::Queued && !run.held {
+            let input = (run.next_seq == 1).then(|| input_text(&run.input));
+            plan.start.push((run.id, input));
+            agent_ids.push(run.agent_id);
+        } else {
+            outcome.insert(run.id, Start::NotQueued(Some((run.status, run.attempts))));
+        }
+    }
+    agent_ids.sort();
+    agent_ids.dedup();
+    if agent_ids.is_empty() || crowded.any(&agent_ids) {
+        return Ok(None);
+    }
+    let subs = webhooks::Subscriptions::load(&mut tx, runs.iter().map(|r| r.team_id)).await?;
+    let started = apply(&mut tx, &plan, false).await?;
+    let mut counts: std::collections::BTreeMap<AgentId, i32> = std::collections::BTreeMap::new();
+    for run in &started {
+        *counts.entry(run.agent_id).or_default() += 1;
+    }
+    let (agents, n): (Vec<AgentId>, Vec<i32>) = counts.into_iter().unzip();
+    let slots: Vec<SlotRow> = sqlx::query_as(&format!(
+        "SELECT {AGENT_COLUMNS}, running_runs FROM agentq_take_slots($1, $2)"
+    ))
+    .bind(&agents)
+    .bind(&n)
     .fetch_all(&mut *tx)
     .await?;
+    let unfit: Vec<AgentId> = slots
+        .iter()
+        .filter(|s| {
+            s.running_runs > s.agent.max_concurrent_runs
+                || s.agent.is_paused()
+                || s.agent.deleted_at.is_some()
+        })
+        .map(|s| s.agent.id)
+        .collect();
+    if !unfit.is_empty() || slots.len() != agents.len() {
+        // Rolled back when `tx` drops: the runs are queued again, the counters as they were.
+        crowded.mark(unfit);
+        return Ok(None);
+    }
+    let shared: HashMap<AgentId, std::sync::Arc<Agent>> = slots
+        .into_iter()
+        .map(|s| (s.agent.id, std::sync::Arc::new(s.agent)))
+        .collect();
+    let outbox = webhooks::emit_run_events_for(&mut tx, &subs, &started, |_| "run.started").await?;
+    tx.commit().await?;
+    outbox.send(&queues.deliveries).await;
+    for (id, _) in &plan.start {
+        outcome.insert(*id, Start::Raced);
+    }
+    Ok(Some(answer(ids, outcome, started, &shared)))
+}
+
+/// Locks the agents' rows, then starts what fits, parks, holds and cancels, and counts.
+async fn start_counted_first(
+    conn: &mut PgConnection,
+    queues: &Queues,
+    crowded: &Crowded,
+    ids: Vec<RunId>,
+) -> Result<Vec<Start>, BatchError> {
+    let mut tx = conn.begin_with(super::BEGIN_BATCH).await?;
+    let runs = read_runs(&mut tx, &ids).await?;
     let mut agent_ids: Vec<AgentId> = runs
         .iter()
         .filter(|r| r.status == RunStatus::Queued && !r.held)
@@ -144,7 +268,7 @@ pub(super) async fn start_batch(
                 Some((agent, running)) if *running < agent.max_concurrent_runs => {
                     *running += 1;
                     let input = (run.next_seq == 1).then(|| input_text(&run.input));
-                    plan.start.push((run.id, agent.max_run_seconds, input));
+                    plan.start.push((run.id, input));
                     outcome.insert(run.id, Start::Raced);
                     continue;
                 }
@@ -156,7 +280,13 @@ pub(super) async fn start_batch(
         };
         outcome.insert(run.id, o);
     }
-    let started = apply(&mut tx, &plan).await?;
+    let full: Vec<AgentId> = slots
+        .iter()
+        .filter(|(_, (a, running))| *running >= a.max_concurrent_runs)
+        .map(|(id, _)| *id)
+        .collect();
+    crowded.mark(full);
+    let started = apply(&mut tx, &plan, true).await?;
     let mut outbox =
         webhooks::emit_run_events_for(&mut tx, &subs, &started, |_| "run.started").await?;
     if !plan.orphaned.is_empty() {
@@ -169,8 +299,18 @@ pub(super) async fn start_batch(
     }
     tx.commit().await?;
     outbox.send(&queues.deliveries).await;
+    Ok(answer(&ids, outcome, started, &shared))
+}
+
+/// One answer per id, in order, once the started runs are known.
+fn answer(
+    ids: &[RunId],
+    mut outcome: HashMap<RunId, Start>,
+    started: Vec<Run>,
+    agents: &HashMap<AgentId, std::sync::Arc<Agent>>,
+) -> Vec<Start> {
     for run in started {
-        let Some(agent) = shared.get(&run.agent_id) else {
+        let Some(agent) = agents.get(&run.agent_id) else {
             continue;
         };
         let lease = Lease {
@@ -188,8 +328,7 @@ pub(super) async fn start_batch(
         );
     }
     let mut answered = std::collections::HashSet::new();
-    Ok(ids
-        .iter()
+    ids.iter()
         .map(|id| {
             // A run delivered twice in one batch starts once; the copy finds it running.
             let first = answered.insert(*id);
@@ -201,7 +340,7 @@ pub(super) async fn start_batch(
                 None => Start::NotQueued(None),
             }
         })
-        .collect())
+        .collect()
 }
 
 /// The text of a run's input step.
@@ -213,24 +352,34 @@ pub fn input_text(input: &serde_json::Value) -> Option<String> {
     }
 }
 
-/// The plan in one statement; the runs started.
-async fn apply(conn: &mut PgConnection, plan: &Plan) -> Result<Vec<Run>, sqlx::Error> {
+/// The plan in one statement; the runs started. Their deadlines come from their agents'
+/// `max_run_seconds`; with `count`, the statement also adds them to their agents' slot
+/// counters (whose rows the caller has locked).
+///
+/// Runs another transaction has locked are skipped (SKIP LOCKED), not waited for: a batch
+/// counted after locks its runs and then its agents, one counted first locks its agents and
+/// then its runs, so two workers given the same run (a duplicate delivery) would otherwise
+/// wait for each other. A skipped run is the other batch's to start (its answer here is
+/// `Raced`, or `Busy`/`Held` for a park or hold skipped); if that batch rolls back, it starts
+/// the run again itself, counted first.
+async fn apply(conn: &mut PgConnection, plan: &Plan, count: bool) -> Result<Vec<Run>, sqlx::Error> {
     let start_ids: Vec<RunId> = plan.start.iter().map(|s| s.0).collect();
-    let seconds: Vec<i32> = plan.start.iter().map(|s| s.1).collect();
-    let fresh: Vec<bool> = plan.start.iter().map(|s| s.2.is_some()).collect();
+    let fresh: Vec<bool> = plan.start.iter().map(|s| s.1.is_some()).collect();
     let inputs: Vec<Option<&str>> = plan
         .start
         .iter()
-        .map(|s| s.2.as_ref().and_then(|t| t.as_deref()))
+        .map(|s| s.1.as_ref().and_then(|t| t.as_deref()))
         .collect();
     sqlx::query_as(&format!(
         "WITH s AS (
             UPDATE runs r SET status = 'running', parked = false, attempts = r.attempts + 1,
                    started_at = coalesce(r.started_at, now()), heartbeat_at = now(),
-                   deadline_at = now() + make_interval(secs => d.secs),
+                   deadline_at = now() + make_interval(secs => a.max_run_seconds),
                    next_seq = CASE WHEN d.fresh AND r.next_seq = 1 THEN 2 ELSE r.next_seq END
-            FROM unnest($1::uuid[], $2::int[], $6::bool[], $7::text[]) AS d(id, secs, fresh, input)
-            WHERE r.id = d.id AND r.status = ANY($3) AND NOT r.held
+            FROM unnest($1::uuid[], $5::bool[], $6::text[]) AS d(id, fresh, input), agents a
+            WHERE r.id = d.id AND a.id = r.agent_id AND r.status = ANY($2) AND NOT r.held
+              AND r.id IN (SELECT q.id FROM runs q WHERE q.id = ANY($1) AND q.status = ANY($2)
+                           AND NOT q.held FOR NO KEY UPDATE SKIP LOCKED)
             RETURNING r.*, d.fresh AND r.next_seq = 2 AS wrote_input, d.input AS input_text
          ), i AS (
             INSERT INTO run_steps (id, run_id, seq, team_id, agent_id, kind, role, content)
@@ -238,23 +387,27 @@ async fn apply(conn: &mut PgConnection, plan: &Plan) -> Result<Vec<Run>, sqlx::E
             FROM s WHERE s.wrote_input
             ON CONFLICT (run_id, seq) DO NOTHING
          ), p AS (
-            UPDATE runs SET parked = true WHERE id = ANY($4) AND status = 'queued' AND NOT held
+            UPDATE runs SET parked = true
+            WHERE id IN (SELECT id FROM runs WHERE id = ANY($3) AND status = 'queued' AND NOT held
+                         FOR NO KEY UPDATE SKIP LOCKED)
          ), h AS (
-            UPDATE runs SET held = true, parked = false WHERE id = ANY($5) AND status = 'queued'
+            UPDATE runs SET held = true, parked = false
+            WHERE id IN (SELECT id FROM runs WHERE id = ANY($4) AND status = 'queued'
+                         FOR NO KEY UPDATE SKIP LOCKED)
          ), c AS (
             UPDATE agents a SET running_runs = a.running_runs + n.n
             FROM (SELECT agent_id, count(*)::int AS n FROM s GROUP BY agent_id) AS n
-            WHERE a.id = n.agent_id
+            WHERE a.id = n.agent_id AND $7
          )
          SELECT {RUN_COLUMNS} FROM s"
     ))
     .bind(&start_ids)
-    .bind(&seconds)
     .bind(RunStatus::Running.guard(&[RunStatus::Queued]))
     .bind(&plan.park)
     .bind(&plan.hold)
     .bind(&fresh)
     .bind(&inputs)
+    .bind(count)
     .fetch_all(conn)
     .await
 }
