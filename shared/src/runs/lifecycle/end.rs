@@ -99,7 +99,7 @@ pub(super) async fn finish_batch(
         .filter(|e| seen.insert(e.run))
         .cloned()
         .collect();
-    let mut tx = conn.begin_with(super::BEGIN_BATCH).await?;
+    let mut tx = conn.begin().await?;
     let (ended, outbox) = end_in(&mut tx, &distinct, &[RunStatus::Running]).await?;
     let unparked = release_slots(&mut tx, &per_agent(&ended)).await?;
     tx.commit().await?;

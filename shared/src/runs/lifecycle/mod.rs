@@ -56,22 +56,6 @@ pub struct Lease {
     pub deadline: DateTime<Utc>,
 }
 
-/// How the start and finish batches begin their transactions, in the same round trip as
-/// the `BEGIN`: their statements get generic plans, made once per connection, and those
-/// plans use indexes.
-///
-/// - Postgres plans a statement with arrays for its parameters (`= ANY($1)`, `unnest($1)`)
-///   again on every call: its generic plan is costed for ten elements per array and never
-///   looks cheaper than a custom plan for the one or two runs of a batch at a moderate rate.
-///   pg_stat_statements at 200 runs/s: 1.7 ms of planning per start statement and 0.5 ms
-///   per finish statement, more than their execution.
-/// - A generic plan is kept for the session. Made while a table is still empty (a fresh
-///   deployment) or without statistics (autovacuum off), it could scan the table; every
-///   statement of these batches finds its rows by key, so sequential scans are disabled.
-/// - `SET LOCAL` ends with the transaction: the pool's other users see the defaults.
-pub(super) const BEGIN_BATCH: &str =
-    "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off";
-
 /// Lanes (connections in use at once) per batched transition.
 #[derive(Clone, Copy, Debug)]
 pub struct Lanes {

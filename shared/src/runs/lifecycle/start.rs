@@ -13,7 +13,11 @@
 //!   unparks the oldest), holds those of paused agents, cancels those of deleted agents and
 //!   adds the started runs to the counters.
 //!
-//! Either way `run.started` is emitted in the transaction, a fresh run's input step is
+//! Either way the batch's runs are locked first, when they are read, in id order and
+//! skipping any another transaction holds (a duplicate delivery being started by another
+//! worker, a cancel in flight: theirs to finish), and its agents' rows after them, as every
+//! transition takes them (runs, then agents), so start batches never wait in a cycle. Either
+//! way `run.started` is emitted in the transaction, a fresh run's input step is
 //! written by the statement that starts it, and the answer carries the run and its agent as
 //! of the start, so the worker reads nothing again before executing.
 
@@ -143,16 +147,34 @@ pub(super) async fn start_batch(
     start_counted_first(conn, queues, crowded, ids).await
 }
 
-/// The batch's runs, read before any lock: a run that changes meanwhile (another worker's
-/// start, a cancel) is refused by the guarded update, and only the runs that update really
-/// starts count against the slots.
-async fn read_runs(conn: &mut PgConnection, ids: &[RunId]) -> Result<Vec<Run>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {RUN_COLUMNS} FROM runs WHERE id = ANY($1) ORDER BY id"
+/// The batch's runs, locked (in id order) before their agents' rows, as every transition
+/// does; a run another transaction holds is skipped, not waited for (it is that one's to
+/// start, or to change). The runs read, and the ids skipped that exist.
+async fn read_runs(
+    conn: &mut PgConnection,
+    ids: &[RunId],
+) -> Result<(Vec<Run>, Vec<RunId>), sqlx::Error> {
+    let runs: Vec<Run> = sqlx::query_as(&format!(
+        "SELECT {RUN_COLUMNS} FROM runs WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE SKIP LOCKED"
     ))
     .bind(ids)
-    .fetch_all(conn)
-    .await
+    .fetch_all(&mut *conn)
+    .await?;
+    let read: std::collections::HashSet<RunId> = runs.iter().map(|r| r.id).collect();
+    let missing: Vec<RunId> = ids
+        .iter()
+        .filter(|id| !read.contains(id))
+        .copied()
+        .collect();
+    if missing.is_empty() {
+        return Ok((runs, missing));
+    }
+    // Rare (a duplicate delivery, a cancel in flight, an unknown run): which of them exist.
+    let skipped: Vec<RunId> = sqlx::query_scalar("SELECT id FROM runs WHERE id = ANY($1)")
+        .bind(&missing)
+        .fetch_all(conn)
+        .await?;
+    Ok((runs, skipped))
 }
 
 /// Starts every queued run of the batch, then counts them under the agents' locks; None
@@ -164,10 +186,11 @@ async fn start_counted_after(
     crowded: &Crowded,
     ids: &[RunId],
 ) -> Result<Option<Vec<Start>>, BatchError> {
-    let mut tx = conn.begin_with(super::BEGIN_BATCH).await?;
-    let runs = read_runs(&mut tx, ids).await?;
+    let mut tx = conn.begin().await?;
+    let (runs, skipped) = read_runs(&mut tx, ids).await?;
     let mut plan = Plan::default();
-    let mut outcome: HashMap<RunId, Start> = HashMap::new();
+    let mut outcome: HashMap<RunId, Start> =
+        skipped.into_iter().map(|id| (id, Start::Raced)).collect();
     let mut agent_ids = Vec::new();
     for run in &runs {
         if run.status == RunStatus::Queued && !run.held {
@@ -180,7 +203,11 @@ async fn start_counted_after(
     }
     agent_ids.sort();
     agent_ids.dedup();
-    if agent_ids.is_empty() || crowded.any(&agent_ids) {
+    if agent_ids.is_empty() {
+        // Nothing to start (duplicates, cancelled runs): the transaction only read.
+        return Ok(Some(answer(ids, outcome, Vec::new(), &HashMap::new())));
+    }
+    if crowded.any(&agent_ids) {
         return Ok(None);
     }
     let subs = webhooks::Subscriptions::load(&mut tx, runs.iter().map(|r| r.team_id)).await?;
@@ -231,8 +258,8 @@ async fn start_counted_first(
     crowded: &Crowded,
     ids: Vec<RunId>,
 ) -> Result<Vec<Start>, BatchError> {
-    let mut tx = conn.begin_with(super::BEGIN_BATCH).await?;
-    let runs = read_runs(&mut tx, &ids).await?;
+    let mut tx = conn.begin().await?;
+    let (runs, skipped) = read_runs(&mut tx, &ids).await?;
     let mut agent_ids: Vec<AgentId> = runs
         .iter()
         .filter(|r| r.status == RunStatus::Queued && !r.held)
@@ -250,7 +277,8 @@ async fn start_counted_first(
         .map(|(id, (a, _))| (*id, std::sync::Arc::new(a.clone())))
         .collect();
     let mut plan = Plan::default();
-    let mut outcome: HashMap<RunId, Start> = HashMap::new();
+    let mut outcome: HashMap<RunId, Start> =
+        skipped.into_iter().map(|id| (id, Start::Raced)).collect();
     for run in &runs {
         let o = if run.status != RunStatus::Queued || run.held {
             Start::NotQueued(Some((run.status, run.attempts)))
@@ -355,13 +383,7 @@ pub fn input_text(input: &serde_json::Value) -> Option<String> {
 /// The plan in one statement; the runs started. Their deadlines come from their agents'
 /// `max_run_seconds`; with `count`, the statement also adds them to their agents' slot
 /// counters (whose rows the caller has locked).
-///
-/// Runs another transaction has locked are skipped (SKIP LOCKED), not waited for: a batch
-/// counted after locks its runs and then its agents, one counted first locks its agents and
-/// then its runs, so two workers given the same run (a duplicate delivery) would otherwise
-/// wait for each other. A skipped run is the other batch's to start (its answer here is
-/// `Raced`, or `Busy`/`Held` for a park or hold skipped); if that batch rolls back, it starts
-/// the run again itself, counted first.
+
 async fn apply(conn: &mut PgConnection, plan: &Plan, count: bool) -> Result<Vec<Run>, sqlx::Error> {
     let start_ids: Vec<RunId> = plan.start.iter().map(|s| s.0).collect();
     let fresh: Vec<bool> = plan.start.iter().map(|s| s.1.is_some()).collect();
@@ -378,8 +400,6 @@ async fn apply(conn: &mut PgConnection, plan: &Plan, count: bool) -> Result<Vec<
                    next_seq = CASE WHEN d.fresh AND r.next_seq = 1 THEN 2 ELSE r.next_seq END
             FROM unnest($1::uuid[], $5::bool[], $6::text[]) AS d(id, fresh, input), agents a
             WHERE r.id = d.id AND a.id = r.agent_id AND r.status = ANY($2) AND NOT r.held
-              AND r.id IN (SELECT q.id FROM runs q WHERE q.id = ANY($1) AND q.status = ANY($2)
-                           AND NOT q.held FOR NO KEY UPDATE SKIP LOCKED)
             RETURNING r.*, d.fresh AND r.next_seq = 2 AS wrote_input, d.input AS input_text
          ), i AS (
             INSERT INTO run_steps (id, run_id, seq, team_id, agent_id, kind, role, content)
@@ -387,13 +407,9 @@ async fn apply(conn: &mut PgConnection, plan: &Plan, count: bool) -> Result<Vec<
             FROM s WHERE s.wrote_input
             ON CONFLICT (run_id, seq) DO NOTHING
          ), p AS (
-            UPDATE runs SET parked = true
-            WHERE id IN (SELECT id FROM runs WHERE id = ANY($3) AND status = 'queued' AND NOT held
-                         FOR NO KEY UPDATE SKIP LOCKED)
+            UPDATE runs SET parked = true WHERE id = ANY($3) AND status = 'queued' AND NOT held
          ), h AS (
-            UPDATE runs SET held = true, parked = false
-            WHERE id IN (SELECT id FROM runs WHERE id = ANY($4) AND status = 'queued'
-                         FOR NO KEY UPDATE SKIP LOCKED)
+            UPDATE runs SET held = true, parked = false WHERE id = ANY($4) AND status = 'queued'
          ), c AS (
             UPDATE agents a SET running_runs = a.running_runs + n.n
             FROM (SELECT agent_id, count(*)::int AS n FROM s GROUP BY agent_id) AS n
