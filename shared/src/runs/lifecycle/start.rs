@@ -383,7 +383,6 @@ pub fn input_text(input: &serde_json::Value) -> Option<String> {
 /// The plan in one statement; the runs started. Their deadlines come from their agents'
 /// `max_run_seconds`; with `count`, the statement also adds them to their agents' slot
 /// counters (whose rows the caller has locked).
-
 async fn apply(conn: &mut PgConnection, plan: &Plan, count: bool) -> Result<Vec<Run>, sqlx::Error> {
     let start_ids: Vec<RunId> = plan.start.iter().map(|s| s.0).collect();
     let fresh: Vec<bool> = plan.start.iter().map(|s| s.1.is_some()).collect();
