@@ -5,6 +5,10 @@ mod cli;
 
 use std::process::ExitCode;
 
+/// mimalloc rather than glibc malloc: per-thread heaps, no arena locks; see Cargo.toml.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match cli::parse() {
         Ok(cli) => cli,

@@ -383,6 +383,11 @@ pub fn input_text(input: &serde_json::Value) -> Option<String> {
 /// The plan in one statement; the runs started. Their deadlines come from their agents'
 /// `max_run_seconds`; with `count`, the statement also adds them to their agents' slot
 /// counters (whose rows the caller has locked).
+///
+/// The statement holds only the parts the plan needs (a batch that starts runs and parks or
+/// holds none is an update and an insert): its text is one of eight, each prepared once per
+/// connection. Postgres plans a statement on each call until a generic plan looks as cheap;
+/// the parts a batch does not need made the start batch's plan cost 0.8 ms a call.
 async fn apply(conn: &mut PgConnection, plan: &Plan, count: bool) -> Result<Vec<Run>, sqlx::Error> {
     let start_ids: Vec<RunId> = plan.start.iter().map(|s| s.0).collect();
     let fresh: Vec<bool> = plan.start.iter().map(|s| s.1.is_some()).collect();
@@ -391,13 +396,15 @@ async fn apply(conn: &mut PgConnection, plan: &Plan, count: bool) -> Result<Vec<
         .iter()
         .map(|s| s.1.as_ref().and_then(|t| t.as_deref()))
         .collect();
-    sqlx::query_as(&format!(
-        "WITH s AS (
+    let mut sql = String::from(
+        "WITH d AS (
+            SELECT * FROM unnest($1::uuid[], $3::bool[], $4::text[]) AS d(id, fresh, input)
+         ), s AS (
             UPDATE runs r SET status = 'running', parked = false, attempts = r.attempts + 1,
                    started_at = coalesce(r.started_at, now()), heartbeat_at = now(),
                    deadline_at = now() + make_interval(secs => a.max_run_seconds),
                    next_seq = CASE WHEN d.fresh AND r.next_seq = 1 THEN 2 ELSE r.next_seq END
-            FROM unnest($1::uuid[], $5::bool[], $6::text[]) AS d(id, fresh, input), agents a
+            FROM d, agents a
             WHERE r.id = d.id AND a.id = r.agent_id AND r.status = ANY($2) AND NOT r.held
             RETURNING r.*, d.fresh AND r.next_seq = 2 AS wrote_input, d.input AS input_text
          ), i AS (
@@ -405,26 +412,49 @@ async fn apply(conn: &mut PgConnection, plan: &Plan, count: bool) -> Result<Vec<
             SELECT agentq_uuid_v7(), s.id, 1, s.team_id, s.agent_id, 'input', 'user', s.input_text
             FROM s WHERE s.wrote_input
             ON CONFLICT (run_id, seq) DO NOTHING
-         ), p AS (
-            UPDATE runs SET parked = true WHERE id = ANY($3) AND status = 'queued' AND NOT held
-         ), h AS (
-            UPDATE runs SET held = true, parked = false WHERE id = ANY($4) AND status = 'queued'
-         ), c AS (
+         )",
+    );
+    // $5 and $6 are the runs to park and to hold, when there are any.
+    let mut next = 5;
+    for (ids, update) in [
+        (
+            &plan.park,
+            "SET parked = true WHERE id = ANY(${}) AND status = 'queued' AND NOT held",
+        ),
+        (
+            &plan.hold,
+            "SET held = true, parked = false WHERE id = ANY(${}) AND status = 'queued'",
+        ),
+    ] {
+        if !ids.is_empty() {
+            sql.push_str(&format!(
+                ", u{next} AS (UPDATE runs {})",
+                update.replace("${}", &format!("${next}"))
+            ));
+            next += 1;
+        }
+    }
+    if count {
+        sql.push_str(
+            ", c AS (
             UPDATE agents a SET running_runs = a.running_runs + n.n
             FROM (SELECT agent_id, count(*)::int AS n FROM s GROUP BY agent_id) AS n
-            WHERE a.id = n.agent_id AND $7
-         )
-         SELECT {RUN_COLUMNS} FROM s"
-    ))
-    .bind(&start_ids)
-    .bind(RunStatus::Running.guard(&[RunStatus::Queued]))
-    .bind(&plan.park)
-    .bind(&plan.hold)
-    .bind(&fresh)
-    .bind(&inputs)
-    .bind(count)
-    .fetch_all(conn)
-    .await
+            WHERE a.id = n.agent_id
+         )",
+        );
+    }
+    sql.push_str(&format!(" SELECT {RUN_COLUMNS} FROM s"));
+    let mut query = sqlx::query_as(&sql)
+        .bind(&start_ids)
+        .bind(RunStatus::Running.guard(&[RunStatus::Queued]))
+        .bind(&fresh)
+        .bind(&inputs);
+    for ids in [&plan.park, &plan.hold] {
+        if !ids.is_empty() {
+            query = query.bind(ids);
+        }
+    }
+    query.fetch_all(conn).await
 }
 
 /// running → running by another worker, when the holder stopped showing life for
