@@ -32,6 +32,19 @@ BEGIN
           AND (cardinality(e.agent_ids) = 0 OR p_agent = ANY(e.agent_ids)));
 END $$;
 
+-- agentq_wants for a statement that cannot emit the event: false, or SQLSTATE AQ001 when an
+-- endpoint takes it, which rolls the whole statement back. For trigger batches written by one
+-- statement without a transaction (shared/src/runs/lifecycle/create.rs, which owns the
+-- logic and retries a refused batch in a transaction that emits the events).
+CREATE OR REPLACE FUNCTION agentq_refuse_wanted(p_team uuid, p_type text, p_agent uuid) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF agentq_wants(p_team, p_type, p_agent) THEN
+        RAISE EXCEPTION 'an endpoint takes % events of this team', p_type USING ERRCODE = 'AQ001';
+    END IF;
+    RETURN false;
+END $$;
+
 -- The keys behind these secrets' hashes, with their teams' rate limits (the API's batched
 -- key lookup, one call per request batch). A function only for its plan: Postgres plans a
 -- statement with `= ANY($1)` for each call, because its generic plan (costed for ten

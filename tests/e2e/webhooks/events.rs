@@ -98,6 +98,55 @@ async fn a_runs_lifecycle_events_arrive_signed() {
     assert_standard_webhooks_accept(&signed);
 }
 
+/// A trigger batch with no `run.queued` subscriber is written by one statement without a
+/// transaction; once an endpoint subscribes, that statement is refused (nothing written) and
+/// the batch is written again in a transaction that emits the event.
+#[tokio::test]
+async fn a_run_queued_subscriber_added_later_hears_the_next_trigger() {
+    let (app, _stack) = app_with_worker(&[]).await;
+    let agent = app.scripted_agent(json!([{"reply": "done"}])).await;
+    let unheard = app.start_run(&agent, json!("before")).await;
+    assert_eq!(
+        app.wait_for_run(&unheard, SETTLE).await["status"],
+        "succeeded"
+    );
+
+    let receiver = Receiver::answering(200).await;
+    create_endpoint(
+        &app,
+        json!({"url": receiver.url(), "event_types": ["run.queued"]}),
+    )
+    .await;
+    let heard = app.start_run(&agent, json!("after")).await;
+    assert_eq!(
+        app.wait_for_run(&heard, SETTLE).await["status"],
+        "succeeded"
+    );
+
+    let got = receiver.wait_for(1, SETTLE).await;
+    assert_eq!(got[0].event_type(), "run.queued");
+    assert_eq!(got[0].json()["data"]["id"], heard.as_str());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        receiver.count(),
+        1,
+        "one run.queued, of the run after the subscription"
+    );
+    // Both runs were recorded once, each with its audit entry, refused statement or not.
+    for run in [&unheard, &heard] {
+        let (_, log) = app.get(&format!("/api/v1/audit-logs?target={run}")).await;
+        let actions: Vec<&str> = log["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["action"].as_str().unwrap())
+            .collect();
+        assert_eq!(actions, ["run.requested"], "{log}");
+    }
+    let (_, runs) = app.get(&format!("/api/v1/agents/{agent}/runs")).await;
+    assert_eq!(runs["data"].as_array().unwrap().len(), 2, "{runs}");
+}
+
 #[tokio::test]
 async fn endpoints_receive_only_the_event_types_and_agents_they_subscribe_to() {
     let (app, _stack) = app_with_worker(&[]).await;

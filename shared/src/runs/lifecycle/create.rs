@@ -1,9 +1,11 @@
 //! Create: how triggers become runs, in group commits. Concurrent triggers (API requests,
-//! inbound hooks, cron fires) are coalesced by a [`Creator`] into one transaction that
-//! inserts every run with one statement, appends their audit entries with another and emits
-//! their `run.queued` events with a third; then the new runs are enqueued in one pipelined
-//! Redis round trip. Postgres is the system of record: if the enqueue fails, the runs are
-//! still accepted and the scheduler's reconciler enqueues them later.
+//! inbound hooks, cron fires) are coalesced by a [`Creator`] into one statement that inserts
+//! every run and appends their audit entries. When an endpoint takes `run.queued` (or a
+//! trigger carries an idempotency key), that statement runs in a transaction that also emits
+//! the events; otherwise it runs alone, without `BEGIN` and `COMMIT` round trips. Then the
+//! new runs are enqueued in one pipelined Redis round trip. Postgres is the system of record:
+//! if the enqueue fails, the runs are still accepted and the scheduler's reconciler enqueues
+//! them later.
 //!
 //! An `Idempotency-Key` (or a cron fire time) makes a repeat return the first run; the same
 //! key with another request is refused. A batch that fails as a whole is retried one trigger
@@ -141,21 +143,29 @@ pub struct Creator {
     batcher: Batcher<NewRun, Result<Created, CreateError>>,
 }
 
+/// Teams found lately to have an endpoint that takes `run.queued`: their batches are written
+/// in a transaction that emits the events, without trying the lone statement first.
+type Takers = super::Recently<TeamId>;
+
+/// How long a team found with a `run.queued` subscriber skips the lone statement.
+const TAKERS_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Triggers per transaction at most.
 const MAX_BATCH: usize = 256;
 
 impl Creator {
     /// Starts `lanes` committers (each holds at most one connection while it commits).
     pub fn new(pool: PgPool, queues: Queues, lanes: usize) -> Self {
+        let takers = std::sync::Arc::new(Takers::new(TAKERS_FOR));
         let batcher = Batcher::spawn_held(
             "create",
             lanes,
             MAX_BATCH,
             pool,
             move |mut conn, batch: Vec<NewRun>| {
-                let queues = queues.clone();
+                let (queues, takers) = (queues.clone(), takers.clone());
                 async move {
-                    let results = create_batch(&mut conn, &queues, &batch).await;
+                    let results = create_batch(&mut conn, &queues, &takers, &batch).await;
                     // A batch that failed in Postgres may have left the connection broken.
                     let failed = results
                         .iter()
@@ -186,7 +196,8 @@ pub async fn create_run(
         new.traceparent = crate::telemetry::current_traceparent();
     }
     let mut conn = pool.acquire().await?;
-    create_batch(&mut conn, queues, std::slice::from_ref(&new))
+    let takers = Takers::new(TAKERS_FOR);
+    create_batch(&mut conn, queues, &takers, std::slice::from_ref(&new))
         .await
         .pop()
         .unwrap_or(Err(CreateError::Store(BatchError::Closed)))
@@ -197,9 +208,10 @@ pub async fn create_run(
 async fn create_batch(
     conn: &mut PgConnection,
     queues: &Queues,
+    takers: &Takers,
     batch: &[NewRun],
 ) -> Vec<Result<Created, CreateError>> {
-    match insert(conn, batch).await {
+    match insert(conn, takers, batch).await {
         Ok((results, outbox)) => {
             let fresh: Vec<String> = results
                 .iter()
@@ -220,7 +232,15 @@ async fn create_batch(
             tracing::warn!(error = %e, size = batch.len(), "group commit failed; retrying one by one");
             let mut out = Vec::with_capacity(batch.len());
             for one in batch {
-                out.extend(Box::pin(create_batch(conn, queues, std::slice::from_ref(one))).await);
+                out.extend(
+                    Box::pin(create_batch(
+                        conn,
+                        queues,
+                        takers,
+                        std::slice::from_ref(one),
+                    ))
+                    .await,
+                );
             }
             out
         }
@@ -249,16 +269,40 @@ struct Earlier {
     run: Run,
 }
 
-/// The batch's transaction: runs and their audit entries in one statement, which also says
-/// which runs an endpoint takes `run.queued` for; those events; the commit.
+/// Writes the batch. Without idempotency keys, and unless a team of the batch was found
+/// lately with a `run.queued` subscriber, by one statement on its own (no `BEGIN` and
+/// `COMMIT` round trips): the runs and their audit entries, refused as a whole (SQLSTATE
+/// AQ001, nothing written) when an endpoint takes a run's `run.queued`. Otherwise, or once
+/// refused, in a transaction: that statement, which then says which runs an endpoint takes
+/// `run.queued` for; the runs that hold an idempotency key already; those events; the commit.
 async fn insert(
     conn: &mut PgConnection,
+    takers: &Takers,
     batch: &[NewRun],
 ) -> Result<(Vec<Result<Created, CreateError>>, Outbox), sqlx::Error> {
     let ids: Vec<RunId> = batch.iter().map(|_| RunId::new()).collect();
     let triggers: Vec<Value> = batch.iter().map(trigger_of).collect();
+    let teams: Vec<TeamId> = batch.iter().map(|n| n.team_id).collect();
+    if batch.iter().all(|n| n.idempotency.is_none()) && !takers.any(&teams) {
+        match insert_runs(&mut *conn, batch, &ids, &triggers, Emits::Refuses).await {
+            Ok(inserted) => {
+                let mut by_id: HashMap<RunId, Inserted> =
+                    inserted.into_iter().map(|r| (r.run.id, r)).collect();
+                let results = ids
+                    .iter()
+                    .map(|id| match by_id.remove(id) {
+                        Some(ins) => Ok(Created::New(ins.run)),
+                        None => Err(CreateError::AgentNotFound),
+                    })
+                    .collect();
+                return Ok((results, Outbox::default()));
+            }
+            Err(e) if refused(&e) => takers.mark(teams),
+            Err(e) => return Err(e),
+        }
+    }
     let mut tx = conn.begin().await?;
-    let inserted = insert_runs(&mut tx, batch, &ids, &triggers).await?;
+    let inserted = insert_runs(&mut tx, batch, &ids, &triggers, Emits::Says).await?;
     let mut by_id: HashMap<RunId, Inserted> = inserted.into_iter().map(|r| (r.run.id, r)).collect();
     let missing_keys: Vec<&NewRun> = batch
         .iter()
@@ -319,6 +363,23 @@ fn trigger_of(new: &NewRun) -> Value {
     trigger
 }
 
+/// What the batch's statement does about `run.queued` subscribers.
+#[derive(Clone, Copy)]
+enum Emits {
+    /// Says, per run, whether an endpoint takes its `run.queued` (the caller emits them).
+    Says,
+    /// Fails with SQLSTATE AQ001 if an endpoint takes any (a statement without a transaction
+    /// cannot add the events after it).
+    Refuses,
+}
+
+/// Whether the statement failed because an endpoint takes `run.queued` ([`Emits::Refuses`]).
+fn refused(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "AQ001")
+}
+
 /// One statement for the whole batch: the runs, the audit entries of those written (not of
 /// idempotent replays), and whether each one's `run.queued` has a taker. No agent-row lock: a
 /// run recorded as held just as its agent resumes is released by the reconciler instead.
@@ -327,6 +388,7 @@ async fn insert_runs(
     batch: &[NewRun],
     ids: &[RunId],
     triggers: &[Value],
+    emits: Emits,
 ) -> Result<Vec<Inserted>, sqlx::Error> {
     let teams: Vec<TeamId> = batch.iter().map(|n| n.team_id).collect();
     let agents: Vec<AgentId> = batch.iter().map(|n| n.agent_id).collect();
@@ -385,7 +447,11 @@ async fn insert_runs(
          JOIN r ON r.id = x.run_id
          WHERE x.action IS NOT NULL
          )
-         SELECT r.*, agentq_wants(r.team_id, 'run.queued', r.agent_id) AS wants_event FROM r"
+         SELECT r.*, {wants}(r.team_id, 'run.queued', r.agent_id) AS wants_event FROM r",
+        wants = match emits {
+            Emits::Says => "agentq_wants",
+            Emits::Refuses => "agentq_refuse_wanted",
+        }
     ))
     .bind(ids)
     .bind(&teams)

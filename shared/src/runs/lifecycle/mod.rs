@@ -102,7 +102,7 @@ impl Lifecycle {
     pub fn new(pool: PgPool, queues: Queues, doorbell: Doorbell, lanes: Lanes) -> Self {
         let starts = {
             let queues = queues.clone();
-            let crowded = std::sync::Arc::new(start::Crowded::default());
+            let crowded = std::sync::Arc::new(start::Crowded::new(start::CROWDED_FOR));
             Batcher::spawn_held(
                 "start",
                 lanes.start,
@@ -220,5 +220,45 @@ impl Lifecycle {
     /// The doorbell it rings.
     pub fn doorbell(&self) -> &Doorbell {
         &self.doorbell
+    }
+}
+
+/// Keys seen lately (for a fixed time): an in-process memory that only picks which way a batch
+/// is written, never whether it is right (start batches of agents found full, trigger batches
+/// of teams found with a `run.queued` subscriber).
+#[derive(Debug)]
+pub(crate) struct Recently<K> {
+    seen: std::sync::Mutex<std::collections::HashMap<K, std::time::Instant>>,
+    lasts: std::time::Duration,
+}
+
+impl<K: std::hash::Hash + Eq + Copy> Recently<K> {
+    /// Remembers each key for `lasts` after it was marked.
+    pub(crate) fn new(lasts: std::time::Duration) -> Self {
+        Self {
+            seen: Default::default(),
+            lasts,
+        }
+    }
+
+    /// Whether any of `keys` was marked less than `lasts` ago.
+    pub(crate) fn any(&self, keys: &[K]) -> bool {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        !seen.is_empty()
+            && keys
+                .iter()
+                .any(|k| seen.get(k).is_some_and(|t| t.elapsed() < self.lasts))
+    }
+
+    /// Marks `keys` as seen now.
+    pub(crate) fn mark(&self, keys: impl IntoIterator<Item = K>) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() > 4096 {
+            seen.retain(|_, t| t.elapsed() < self.lasts);
+        }
+        let now = std::time::Instant::now();
+        for k in keys {
+            seen.insert(k, now);
+        }
     }
 }

@@ -106,34 +106,12 @@ struct Plan {
     orphaned: Vec<RunId>,
 }
 
-/// Agents a start batch found full lately: their batches count first (`Crowded::FOR`), so a
-/// busy agent at its limit does not pay a rolled-back start per batch.
-#[derive(Debug, Default)]
-pub(super) struct Crowded(std::sync::Mutex<HashMap<AgentId, std::time::Instant>>);
+/// Agents a start batch found full lately: their batches count first (for [`CROWDED_FOR`]),
+/// so a busy agent at its limit does not pay a rolled-back start per batch.
+pub(super) type Crowded = super::Recently<AgentId>;
 
-impl Crowded {
-    /// How long an agent found full is started the locked way.
-    const FOR: std::time::Duration = std::time::Duration::from_secs(1);
-
-    fn any(&self, agents: &[AgentId]) -> bool {
-        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        !map.is_empty()
-            && agents
-                .iter()
-                .any(|a| map.get(a).is_some_and(|t| t.elapsed() < Self::FOR))
-    }
-
-    fn mark(&self, agents: impl IntoIterator<Item = AgentId>) {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() > 4096 {
-            map.retain(|_, t| t.elapsed() < Self::FOR);
-        }
-        let now = std::time::Instant::now();
-        for a in agents {
-            map.insert(a, now);
-        }
-    }
-}
+/// How long an agent found full is started the locked way.
+pub(super) const CROWDED_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub(super) async fn start_batch(
     conn: &mut PgConnection,
